@@ -1,0 +1,49 @@
+"""Gate-row bookkeeping shared by the gated cells.
+
+A gated cell stacks its G gates' weights as G chunks of H rows (PyTorch's layout). Inside the time
+loop a cell may keep the chunks in another order and scale some of them, so that one slice or one
+ufunc call covers several gates; these helpers move between the two layouts.
+"""
+
+import numpy as np
+
+
+def sigmoid(a):
+    """Logistic function written through tanh: no overflow, and exact at the 1/2 scaling below."""
+    return 0.5 + 0.5 * np.tanh(0.5 * a)
+
+
+def chunk_rows(order, H):
+    """Row indices that put PyTorch's gate chunks in ``order`` (a list of chunk numbers)."""
+    return np.concatenate([np.arange(k * H, (k + 1) * H) for k in order])
+
+
+def unorder(grad, order, H):
+    """Inverse of ``grad_in_torch_order[chunk_rows(order, H)]`` along axis 0."""
+    out = np.empty_like(grad)
+    out[chunk_rows(order, H)] = grad
+    return out
+
+
+def half_sigmoid_rows(weights, order, n_sigmoid, H):
+    """Weights and summed bias in chunk ``order``, the first ``n_sigmoid`` chunks halved.
+
+    With a sigmoid gate's pre-activation halved, one ``tanh`` over all chunks gives
+    sigma(a) = (1 + tanh(a / 2)) / 2 for those gates after an affine fix-up (halving is exact).
+    Returns (W_ih_true, W_hh_true, W_ih_half, W_hh_half, scale) in the new order; ``scale`` is
+    (G*H, 1).
+    """
+    rows = chunk_rows(order, H)
+    G = len(order)
+    scale = np.ones((G * H, 1), dtype=weights["weight_ih"].dtype)
+    scale[: n_sigmoid * H] = 0.5
+    W_ih = weights["weight_ih"][rows]
+    W_hh = weights["weight_hh"][rows]
+    return W_ih, W_hh, W_ih * scale, W_hh * scale, scale
+
+
+def step_mask(mask, T):
+    """Per-step views of a (T, B, 1) mask and its complement, or Nones."""
+    if mask is None:
+        return None, None
+    return mask, 1.0 - mask
