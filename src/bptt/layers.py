@@ -10,9 +10,12 @@ h0 and h_n (num_layers*dirs, B, H), for LSTM the pair (h, c).
 
 from dataclasses import dataclass, field
 
+import warnings
+
 import numpy as np
 
 from . import init as init_
+from . import strategies
 from .cells import gru, lstm, rnn
 
 
@@ -29,6 +32,8 @@ class Tape:
     mask: object = None            # (T, B, 1) validity mask, or None when every length is T
     reverse_index: object = None   # (T, B) time index that reverses each sequence within its length
     extra: dict = field(default_factory=dict)
+    plan: object = None            # strategies.Plan when forward ran with memory=, else None
+    state_count: object = None     # strategies.StateCount: step states alive, peak, steps run
 
 
 class RecurrentLayer:
@@ -47,11 +52,23 @@ class RecurrentLayer:
                 raise ValueError(f"{name}: expected {arg} a positive integer, got {value!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"{name}: expected dropout a probability in [0, 1), got {dropout!r}")
+        try:
+            got = "None" if dtype is None else np.dtype(dtype).name
+        except TypeError:
+            got = repr(dtype)
+        if got not in ("float32", "float64"):
+            raise TypeError(f"{name}: expected dtype float32 or float64, got {got}")
         dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{name}: expected dtype float32 or float64, got {dtype}")
-        if forget_bias is not None and (self.cell is not lstm or not bias):
-            raise ValueError(f"{name}: forget_bias applies to an LSTM with bias=True")
+        if forget_bias is not None:
+            if self.cell is not lstm or not bias:
+                raise ValueError(f"{name}: forget_bias applies to an LSTM with bias=True")
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
+                    or not np.isfinite(forget_bias):
+                raise ValueError(f"{name}: expected forget_bias a finite number, got "
+                                 f"{forget_bias!r}")
+        if dropout > 0 and num_layers == 1:  # as torch: dropout acts only between layers
+            warnings.warn(f"{name}: dropout={dropout} has no effect with num_layers=1; it "
+                          f"applies between stacked layers", stacklevel=2)
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -158,8 +175,9 @@ class RecurrentLayer:
             raise ValueError(f"{name}: expected x with at least one step and one sequence, "
                              f"got shape {x.shape}")
         if self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        return x
+            x = x.transpose(1, 0, 2)
+        # a private copy: the tape keeps x, and the caller may reuse its array before backward
+        return np.array(x, dtype=self.dtype, order="C", copy=True)
 
     def _check_lengths(self, lengths, T, B):
         name = type(self).__name__
@@ -211,12 +229,17 @@ class RecurrentLayer:
         return [parts[0][k] for k in range(K)]
 
     # ------------------------------------------------------------------ the passes
-    def forward(self, x, h0=None, lengths=None, *, training=False, rng=None):
+    def forward(self, x, h0=None, lengths=None, memory=None, *, training=False, rng=None):
         """Run the stack over x; return ``(y, h_n, tape)``.
 
         ``lengths`` (B integers in 1..T, any order) gives PyTorch's packed-sequence semantics.
         Dropout between layers applies when ``training`` is true; its masks come from ``rng``
         (a ``numpy.random.Generator``, default the layer's own, seeded by ``seed``).
+
+        ``memory`` (None: keep every step) bounds the step states the tape keeps per layer and
+        direction; ``backward`` recomputes the rest from them, on the optimal plan for that
+        budget (``bptt.strategies``), whose cost is ``tape.plan``. The inputs of each layer are
+        kept as they are without it. Such a tape can be backpropagated once.
         """
         x = self._check_x(x)
         T, B, _ = x.shape
@@ -224,6 +247,11 @@ class RecurrentLayer:
         states0 = self._check_state(h0, "h0", B)
         if not isinstance(training, bool):
             raise TypeError(f"{type(self).__name__}: expected training a bool, got {training!r}")
+        plan = count = None
+        if memory is not None:
+            memory = strategies.check_memory(memory, type(self).__name__)
+            plan = strategies.plan_checkpoints(T, memory)
+            count = strategies.StateCount()
         rng = self.rng if rng is None else rng
         options = self._cell_options()
         tapes, drop_masks, states_n = [], [], []
@@ -239,8 +267,13 @@ class RecurrentLayer:
             for d in range(self.directions):
                 k = layer * self.directions + d
                 x_d = inp if d == 0 else _reverse_time(inp, rev)
-                y_d, s_n, tape = self.cell.forward(x_d, states0[k], self._cell_weights(layer, d),
-                                                   mask, **options)
+                if plan is None:
+                    y_d, s_n, tape = self.cell.forward(
+                        x_d, states0[k], self._cell_weights(layer, d), mask, **options)
+                else:  # each (layer, direction) checkpointed on its own, within `memory`
+                    y_d, s_n, tape = strategies.checkpointed_forward(
+                        self.cell, x_d, states0[k], self._cell_weights(layer, d), mask, plan,
+                        count, **options)
                 outs.append(y_d if d == 0 else _reverse_time(y_d, rev))
                 tapes.append(tape)
                 states_n.append(s_n)
@@ -252,7 +285,7 @@ class RecurrentLayer:
         if self.batch_first:
             y = y.transpose(1, 0, 2)
         h_n = self._stack_states(states_n)
-        tape = Tape(self, T, B, tapes, drop_masks, mask, rev, {"lengths": lengths})
+        tape = Tape(self, T, B, tapes, drop_masks, mask, rev, {"lengths": lengths}, plan, count)
         return y, h_n, tape
 
     def _stack_states(self, states):
@@ -260,15 +293,28 @@ class RecurrentLayer:
             return np.stack([s[0] for s in states]), np.stack([s[1] for s in states])
         return np.stack(states)
 
-    def backward(self, dy, tape, dh_n=None):
+    def backward(self, dy, tape, dh_n=None, *, clip=None):
         """Backpropagate through time; return ``(dx, dh0, grads)``.
 
         dy is shaped like y, dh_n like h_n (None: zeros); grads has the keys of ``state_dict``.
+        ``clip`` (None: off) clips the backward message dL/dh_t to [-clip, clip] elementwise at
+        every step, before it enters the step (Graves 2013); dh0 is the message left unclipped.
         """
         name = type(self).__name__
         if not isinstance(tape, Tape) or tape.owner is not self:
             raise TypeError(f"{name}: expected the tape that this layer's forward returned, got "
                             f"{type(tape).__name__}")
+        if clip is not None:
+            if isinstance(clip, bool) or not isinstance(clip, (int, float, np.integer,
+                                                               np.floating)):
+                raise TypeError(f"{name}: expected clip a positive number or None, got {clip!r}")
+            if not (np.isfinite(clip) and clip > 0):
+                raise ValueError(f"{name}: expected clip a positive finite number or None, "
+                                 f"got {clip!r}")
+            clip = float(clip)
+        if tape.plan is not None and strategies.is_spent(tape.cells):
+            raise ValueError(f"{name}: this tape was already backpropagated: with memory= it "
+                             f"keeps only checkpoints, which backward uses up; run forward again")
         T, B, H = tape.T, tape.B, self.hidden_size
         out = self.directions * H
         dy = self._real_array("dy", dy)
@@ -280,6 +326,8 @@ class RecurrentLayer:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         dstates_n = self._check_state(dh_n, "dh_n", B)
         rev = tape.reverse_index
+        cell_backward = (self.cell.backward if tape.plan is None
+                         else strategies.checkpointed_backward)
         grads = {}
         dstates0 = [None] * len(tape.cells)
         d_out = dy
@@ -290,7 +338,7 @@ class RecurrentLayer:
                 dy_d = d_out[:, :, d * H:(d + 1) * H]
                 if d == 1:
                     dy_d = _reverse_time(dy_d, rev)
-                dx_d, ds0, g = self.cell.backward(dy_d, dstates_n[k], tape.cells[k])
+                dx_d, ds0, g = cell_backward(dy_d, dstates_n[k], tape.cells[k], clip=clip)
                 if d == 1:
                     dx_d = _reverse_time(dx_d, rev)
                 dx = dx_d if dx is None else dx + dx_d

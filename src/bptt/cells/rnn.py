@@ -45,8 +45,8 @@ def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
             a *= mask[t]
             a += h[t]
     y = h[1:] if mask is None else h[1:] * mask
-    tape = dict(x=x, h=h, mask=mask, relu=relu, W_ih=weights["weight_ih"],
-                W_hh=weights["weight_hh"], bias=weights.get("bias_ih") is not None)
+    tape = dict(x=x, h=h, mask=mask, relu=relu, W_ih=weights["weight_ih"].copy(),
+                W_hh=weights["weight_hh"].copy(), bias=weights.get("bias_ih") is not None)
     return y, h[T], tape
 
 

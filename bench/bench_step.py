@@ -1,0 +1,249 @@
+"""Side-by-side timing of bptt and torch.nn: one training step and inference, LSTM/GRU/RNN.
+
+    .venv/bin/python bench/bench_step.py [--threads N] [--repeats N] [--cells lstm,gru,rnn]
+                                         [--sizes 100x32x128,1000x1x32] [--quick] [--memory]
+                                         [--json PATH]
+
+Both libraries run in the same process with the same thread count; their runs are interleaved
+so that machine noise hits both. Reports medians, min and max in ms; ratio = bptt / torch.
+"""
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import threadpoolctl
+import torch
+
+import bptt
+
+CELLS = {"lstm": (bptt.LSTM, torch.nn.LSTM), "gru": (bptt.GRU, torch.nn.GRU),
+         "rnn": (bptt.RNN, torch.nn.RNN)}  # RNN: tanh, the default of both
+SIZES = [(100, 32, 128), (100, 64, 256), (100, 128, 512), (1000, 16, 64), (1000, 1, 32)]
+LIBS, MODES = ("bptt", "torch"), ("train", "infer")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--cells", default="lstm,gru,rnn")
+    p.add_argument("--sizes", default=",".join("x".join(map(str, s)) for s in SIZES),
+                   help="comma-separated TxBxH (input size D = H)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 3 repeats, first size only")
+    p.add_argument("--memory", action="store_true", help="also measure peak RSS of one step")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args(argv)
+    args.cells = args.cells.split(",")
+    args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    if args.quick:
+        args.repeats, args.warmup, args.sizes = min(args.repeats, 3), 1, args.sizes[:1]
+    return args
+
+
+def set_threads(n):
+    """Same thread count for torch (OpenMP/MKL) and numpy's BLAS; keep the returned limiter."""
+    torch.set_num_threads(n)
+    return threadpoolctl.threadpool_limits(n)
+
+
+def build(cell, size):
+    """The same layer in both libraries, weights copied across; one callable per (lib, mode)."""
+    T, B, H = size
+    bptt_cls, torch_cls = CELLS[cell]
+    layer = bptt_cls(H, H, dtype=np.float32, seed=0)
+    m = torch_cls(H, H)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    rng = np.random.default_rng(1)
+    x, dy = (rng.standard_normal((T, B, H), dtype=np.float32) for _ in range(2))
+    xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+
+    def bptt_train():
+        y, _, tape = layer.forward(x)
+        return layer.backward(dy, tape)
+
+    def torch_train():
+        m.zero_grad(set_to_none=True)
+        xt.grad = None
+        y, _ = m(xt)
+        y.backward(dyt)
+
+    def torch_infer():
+        with torch.inference_mode():
+            return m(xt.detach())
+
+    return {("bptt", "train"): bptt_train, ("torch", "train"): torch_train,
+            ("bptt", "infer"): lambda: layer.forward(x), ("torch", "infer"): torch_infer}
+
+
+def time_interleaved(fns, repeats, warmup):
+    """ms per call for each callable; each repeat runs all of them, order reversed every other."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    gc.collect()
+    times, keys = {k: [] for k in fns}, list(fns)
+    for r in range(repeats):
+        for k in keys if r % 2 == 0 else keys[::-1]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def summarize(ms):
+    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "all": ms}
+
+
+def bench_timing(cell, size, args):
+    times = time_interleaved(build(cell, size), args.repeats, args.warmup)
+    rows = []
+    for mode in MODES:
+        b, t = summarize(times["bptt", mode]), summarize(times["torch", mode])
+        rows.append(dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode, bptt_ms=b,
+                         torch_ms=t, ratio=b["median"] / t["median"]))
+    return rows
+
+
+def proc_status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def memory_child(lib, cell, size, threads):
+    """In a fresh process: peak RSS increase (MB) of the first training step at this size."""
+    limiter = set_threads(threads)  # noqa: F841 (held for the process's life)
+    build(cell, (2, 2, 8))[lib, "train"]()  # start thread pools and lazy init, tiny footprint
+    step = build(cell, size)[lib, "train"]
+    gc.collect()
+    try:  # reset the high-water mark (Linux >= 4.0) so only the step can raise it
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = proc_status_kb("VmRSS")
+    out = step()  # noqa: F841 (results stay alive, as after a real step)
+    # VmHWM, not ru_maxrss: in a spawned child, ru_maxrss keeps the parent's RSS from before exec
+    peak = proc_status_kb("VmHWM")
+    return {"rss_before_mb": before / 1024, "peak_increase_mb": (peak - before) / 1024,
+            "hwm_reset": reset}
+
+
+def bench_memory(cell, size, threads):
+    row = dict(cell=cell, T=size[0], B=size[1], H=size[2])
+    for lib in LIBS:  # a fresh spawned process per measurement
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            row[lib] = pool.submit(memory_child, lib, cell, size, threads).result()
+    row["ratio"] = row["bptt"]["peak_increase_mb"] / row["torch"]["peak_increase_mb"]
+    return row
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """The profiler's C++ side prints start/stop lines on fd 2; drop them."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def torch_path(cell, size):
+    """Which implementation torch ran, from the aten ops the profiler saw in one step."""
+    fns, paths = build(cell, size), []
+    for mode in MODES:
+        cpu = [torch.profiler.ProfilerActivity.CPU]
+        with quiet_stderr(), torch.profiler.profile(activities=cpu) as prof:
+            fns["torch", mode]()
+        calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")}
+        fused = sorted(k for k in calls if "mkldnn_rnn" in k)
+        if fused:
+            paths.append(f"{mode}: oneDNN ({', '.join(fused)})")
+        else:
+            top = [k for k in ("aten::lstm", "aten::gru", "aten::rnn_tanh") if k in calls]
+            gemms = ", ".join(f"{k} x{calls[k]}" for k in ("aten::addmm", "aten::mm") if k in calls)
+            paths.append(f"{mode}: generic ({', '.join(top)} -> per-step {gemms})")
+    return "; ".join(paths)
+
+
+def environment(args):
+    """What the numbers depend on, as printable strings."""
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    blas = "; ".join(f"{d['internal_api']} {d.get('version')} kernel={d.get('architecture')} "
+                     f"{d.get('threading_layer')} threads={d['num_threads']} ({d['filepath']})"
+                     for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas")
+    torch_blas = [w for w in torch.__config__.show().replace(",", " ").split()
+                  if w.startswith("BLAS_INFO=")]
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)", "python": platform.python_version(),
+        "numpy": np.__version__, "torch": torch.__version__, "bptt": bptt.__version__,
+        "numpy BLAS": blas, "torch BLAS": ", ".join(torch_blas) or "?",
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "unset"),
+        "threads": f"{args.threads} (torch.get_num_threads() = {torch.get_num_threads()})",
+    }
+    for cell in args.cells:
+        env[f"torch path {cell.upper()}"] = torch_path(cell, args.sizes[0])
+    return env
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    print(f"\n{title}")
+    for r in [header] + rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+
+
+def fmt(s):
+    return f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
+
+
+def main():
+    args = parse_args()
+    limiter = set_threads(args.threads)  # noqa: F841
+    env = environment(args)
+    for k, v in env.items():
+        print(f"{k:<18} {v}")
+    grid = [(c, s) for c in args.cells for s in args.sizes]
+    timing = [row for c, s in grid for row in bench_timing(c, s, args)]
+    for mode in MODES:
+        what = "training step (forward + backward)" if mode == "train" else "forward (inference)"
+        print_table(f"{mode}: ms per {what}, median [min-max] of {args.repeats} repeats; "
+                    "ratio = bptt/torch (<1: bptt faster)",
+                    ["cell", "T", "B", "H", "bptt ms", "torch ms", "ratio"],
+                    [[r["cell"], r["T"], r["B"], r["H"], fmt(r["bptt_ms"]), fmt(r["torch_ms"]),
+                      f"{r['ratio']:.2f}"] for r in timing if r["mode"] == mode])
+    memory = []
+    if args.memory:
+        memory = [bench_memory(c, s, args.threads) for c, s in grid]
+        print_table("memory: peak RSS increase (MB) of one training step; ratio = bptt/torch\n"
+                    "(each from a fresh process: inputs allocated, a tiny T=2 B=2 H=8 step run to "
+                    "start thread pools,\n high-water mark reset, then the first full-size step: "
+                    "VmHWM after it minus VmRSS just before)",
+                    ["cell", "T", "B", "H", "bptt MB", "torch MB", "ratio", "HWM reset"],
+                    [[r["cell"], r["T"], r["B"], r["H"], f"{r['bptt']['peak_increase_mb']:.1f}",
+                      f"{r['torch']['peak_increase_mb']:.1f}", f"{r['ratio']:.2f}",
+                      r["bptt"]["hwm_reset"] and r["torch"]["hwm_reset"]] for r in memory])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "timing": timing, "memory": memory}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
