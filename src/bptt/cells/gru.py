@@ -109,11 +109,11 @@ def forward(x, h0, weights, mask=None, reset_after=True):
     return y, h[T], tape
 
 
-def backward(dy, dh_n, tape, clip=None):
+def backward(dy, dh_n, tape, clip=None, record=None):
     """Backpropagate dy (T, B, H) and dh_n through time; return dx, dh0, grads."""
     if tape["reset_after"]:
-        return _backward_reset_after(dy, dh_n, tape, clip)
-    return _backward_reset_before(dy, dh_n, tape, clip)
+        return _backward_reset_after(dy, dh_n, tape, clip, record)
+    return _backward_reset_before(dy, dh_n, tape, clip, record)
 
 
 def _factors(tape):
@@ -134,7 +134,7 @@ def _factors(tape):
     return r, Cn, Cz, direct
 
 
-def _backward_reset_after(dy, dh_n, tape, clip):
+def _backward_reset_after(dy, dh_n, tape, clip, record):
     x, h, hn, mask = tape["x"], tape["h"], tape["hn"], tape["mask"]
     T, B, _, H = tape["gates"].shape
     dt = h.dtype
@@ -159,6 +159,8 @@ def _backward_reset_after(dy, dh_n, tape, clip):
         np.add(dy[t], rec, out=dh)
         if clip is not None:  # clip the backward message dL/dh_t itself (Graves 2013)
             np.clip(dh, -clip, clip, out=dh)
+        if record is not None:  # diagnostics: the backward message dL/dh_t
+            record[t] = dh
         dhp[t] *= dh[:, None, :]
         np.matmul(dhp[t].reshape(B, G * H), W_hh, out=rec)
         np.multiply(dh, direct[t], out=tmp)
@@ -180,7 +182,7 @@ def _backward_reset_after(dy, dh_n, tape, clip):
     return dx, rec, grads
 
 
-def _backward_reset_before(dy, dh_n, tape, clip):
+def _backward_reset_before(dy, dh_n, tape, clip, record):
     x, h, rh, mask = tape["x"], tape["h"], tape["hn"], tape["mask"]
     T, B, _, H = tape["gates"].shape
     dt = h.dtype
@@ -204,6 +206,8 @@ def _backward_reset_before(dy, dh_n, tape, clip):
         np.add(dy[t], rec, out=dh)
         if clip is not None:  # clip the backward message dL/dh_t itself (Graves 2013)
             np.clip(dh, -clip, clip, out=dh)
+        if record is not None:  # diagnostics: the backward message dL/dh_t
+            record[t] = dh
         dat = da[t]
         dat[:, 1:] *= dh[:, None, :]
         np.matmul(dat[:, 2], W_hn, out=drh)            # through a_n = ... + W_hn (r * h_prev)

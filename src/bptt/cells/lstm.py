@@ -86,7 +86,7 @@ def forward(x, state0, weights, mask=None):
     return y, (h[T], c[T]), tape
 
 
-def backward(dy, dstate_n, tape, clip=None):
+def backward(dy, dstate_n, tape, clip=None, record=None):
     """Backpropagate dy (T, B, H) and (dh_n, dc_n) through time; return dx, (dh0, dc0), grads."""
     x, h, c, tanh_c, gates, mask = (tape[k] for k in ("x", "h", "c", "tanh_c", "gates", "mask"))
     T, B, _, H = gates.shape
@@ -131,6 +131,8 @@ def backward(dy, dstate_n, tape, clip=None):
         np.add(dy[t], rec, out=dh)
         if clip is not None:  # clip the backward message dL/dh_t itself (Graves 2013)
             np.clip(dh, -clip, clip, out=dh)
+        if record is not None:  # diagnostics: the backward message dL/dh_t
+            record[t] = dh
         np.multiply(dh, A[t], out=tmp)
         dc += tmp
         dGt = dG[t]

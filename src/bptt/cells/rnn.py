@@ -50,7 +50,7 @@ def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
     return y, h[T], tape
 
 
-def backward(dy, dh_n, tape, clip=None):
+def backward(dy, dh_n, tape, clip=None, record=None):
     """Backpropagate dy (T, B, H) and dh_n through time; return dx, dh0, grads."""
     x, h, mask = tape["x"], tape["h"], tape["mask"]
     T = h.shape[0] - 1
@@ -75,6 +75,8 @@ def backward(dy, dh_n, tape, clip=None):
         np.add(dy[t], rec, out=dh)
         if clip is not None:  # clip the backward message dL/dh_t itself (Graves 2013)
             np.clip(dh, -clip, clip, out=dh)
+        if record is not None:  # diagnostics: the backward message dL/dh_t
+            record[t] = dh
         da[t] *= dh
         np.matmul(da[t], W_hh, out=rec)       # through a_t = ... + W_hh h_{t-1}
         if mask is not None:
