@@ -215,3 +215,14 @@ def test_kill_and_resume_equals_straight_run(tmp_path):
     for k in a:
         if k.startswith("model/"):
             assert np.array_equal(a[k], b[k]), k
+
+
+def test_epoch_budget_and_early_stopping(tmp_path):
+    tr = make_trainer(tmp_path / "e", steps=None, epochs=1, eval_every=1000)
+    assert "completed 1 passes" in tr.run()
+    assert tr.step == tr.stream.batches_per_epoch and tr.stream.epoch == 1
+    # lr = 0: validation never improves, so patience=2 stops at the third evaluation
+    tr = make_trainer(tmp_path / "p", optimizer="sgd", lr=0.0, eval_every=2, patience=2,
+                      steps=100)
+    assert "early stop" in tr.run()
+    assert tr.step == 6

@@ -4,6 +4,9 @@
     bptt train charlm --resume DIR [--steps N]
     bptt sample DIR --length N --temperature T [--prime TEXT]
     bptt eval DIR
+    bptt train vowels|digits [--cell gru] [--hidden N] [--epochs N] [--seed N] [--out DIR]
+    bptt task adding|copy|order --length T [--cell rnn|irnn|lstm|gru] ... [--out DIR]
+    bptt diagnose DIR
 
 Options may also come from a TOML file (``--config FILE``, keys named as the long options with
 ``_`` for ``-``); the command line wins over the file; unknown keys are rejected. Known failures
@@ -40,6 +43,7 @@ CHARLM_OPTIONS = {   # option -> (type, help); defaults come from TrainConfig, i
     "clip_mode": (str, "norm or value"),
     "steps": (int, "update steps (the run stops at the first budget reached)"),
     "minutes": (float, "time budget in minutes of training"),
+    "epochs": (int, "passes over the training text"),
     "eval_every": (int, "evaluate on the validation split every N steps"),
     "eval_chars": (int, "validation characters per evaluation"),
     "checkpoint_every": (int, "write the checkpoint every N steps"),
@@ -69,7 +73,7 @@ def train_charlm(args):
         arrays, meta = checkpoint.load(os.path.join(args.resume, "checkpoint.npz"))
         saved = dict(meta["config"])
         changed = {k: v for k, v in options.items() if v is not None and saved.get(k) != v}
-        allowed = {"steps", "minutes", "eval_every", "checkpoint_every", "log_every", "patience",
+        allowed = {"steps", "minutes", "epochs", "eval_every", "checkpoint_every", "log_every", "patience",
                    "eval_chars"}
         if set(changed) - allowed:
             raise CLIError(f"--resume continues a run with its own configuration; only "
@@ -79,8 +83,9 @@ def train_charlm(args):
         cfg = TrainConfig(**saved)
         data, out = meta["data"], args.resume
     else:
-        if options["minutes"] is not None and options["steps"] is None:
-            options["steps"] = _NO_STEP_BUDGET     # a time budget alone
+        if (options["minutes"] is not None or options["epochs"] is not None) \
+                and options["steps"] is None:
+            options["steps"] = _NO_STEP_BUDGET     # a time or epoch budget alone
         cfg = TrainConfig(**{k: (None if v is _NO_STEP_BUDGET else v)
                              for k, v in options.items() if v is not None})
         data, out = args.data, args.out or DEFAULT_OUT
@@ -194,6 +199,9 @@ def build_parser():
     charlm.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     charlm.add_argument("--config", metavar="FILE", help="read options from a TOML file")
     charlm.set_defaults(func=train_charlm)
+    from .apps import digits, vowels   # speech: bptt train vowels | digits
+    vowels.add_parser(apps)
+    digits.add_parser(apps)
 
     smp = sub.add_parser("sample", help="generate text from a trained char-LM")
     smp.add_argument("run", metavar="DIR", help="run directory")
@@ -206,6 +214,9 @@ def build_parser():
     ev = sub.add_parser("eval", help="bits per character on the test split")
     ev.add_argument("run", metavar="DIR", help="run directory")
     ev.set_defaults(func=eval_cmd)
+
+    from .tasks_cli import add_task_parsers   # bptt task ..., bptt diagnose RUN_DIR
+    add_task_parsers(sub)
     return parser
 
 

@@ -52,6 +52,7 @@ class TrainConfig:
     clip_mode: str = "norm"        # norm | value
     steps: int | None = 2000
     minutes: float | None = None   # a time budget; the run stops at whichever comes first
+    epochs: int | None = None      # passes over the training text
     eval_every: int = 200
     eval_chars: int = 100_000      # validation characters used at each evaluation
     checkpoint_every: int = 200
@@ -70,8 +71,12 @@ class TrainConfig:
                 raise ValueError(f"train: expected {name} a positive integer, got {v!r}")
         if isinstance(k2, bool) or not isinstance(k2, int) or k2 < self.k1:
             raise ValueError(f"train: expected k2 an integer >= k1 = {self.k1}, got {k2!r}")
-        if self.steps is None and self.minutes is None:
-            raise ValueError("train: give a step budget (steps) or a time budget (minutes)")
+        if self.steps is None and self.minutes is None and self.epochs is None:
+            raise ValueError("train: give a step budget (steps), a time budget (minutes) or "
+                             "a number of passes (epochs)")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or
+                                        not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ValueError(f"train: expected epochs a positive integer, got {self.epochs!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"train: expected steps a positive integer, got {self.steps!r}")
         if self.minutes is not None and not self.minutes > 0:
@@ -217,12 +222,14 @@ class StreamTrainer:
                     if bar is not None:
                         bar.set_postfix(_postfix(record))
                 if bar is not None:  # counts steps, or seconds when only time is budgeted
-                    bar.update(1 if cfg.steps is not None else
-                               min(self.elapsed, 60 * cfg.minutes) - bar.n)
+                    bar.update(min(self.elapsed, 60 * cfg.minutes) - bar.n
+                               if cfg.steps is None and cfg.minutes is not None else 1)
                 if cfg.steps is not None and self.step >= cfg.steps:
                     stop_reason = f"reached {cfg.steps} steps"
                 elif cfg.minutes is not None and self.elapsed >= 60 * cfg.minutes:
                     stop_reason = f"reached the time budget of {cfg.minutes} minutes"
+                elif cfg.epochs is not None and self.stream.epoch >= cfg.epochs:
+                    stop_reason = f"completed {cfg.epochs} passes over the training text"
                 if self.step % cfg.checkpoint_every == 0 or stop_reason:
                     self.save()
         if bar is not None:
@@ -353,6 +360,8 @@ def _progress_bar(cfg, start):
     except ImportError:
         return None
     desc = f"{cfg.cell} k1={cfg.k1} k2={cfg.window}"
+    if cfg.steps is None and cfg.minutes is None:
+        return tqdm(initial=start, unit="step", dynamic_ncols=True, desc=desc)
     if cfg.steps is None:
         return tqdm(total=round(60 * cfg.minutes), unit="s", dynamic_ncols=True, desc=desc,
                     bar_format="{l_bar}{bar}| {n:.0f}/{total}s [{elapsed}<{remaining}{postfix}]")
