@@ -5,7 +5,6 @@ start; message clipping through tensor hooks on every h_t), full BPTT for checkp
 checkpointing recursion itself, solved by brute force, for the plan.
 """
 
-import math
 import tracemalloc
 
 import numpy as np
@@ -275,6 +274,10 @@ def test_tbptt_errors():
             bptt.TBPTT(layer, k1, k2)
         with pytest.raises(err, match=msg):
             bptt.tbptt_grads(layer, x, dy, k1, k2)
+    for clip in (0, -1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match=f"TBPTT: expected clip a positive finite number or "
+                                             f"None, got {clip!r}"):
+            bptt.TBPTT(layer, 2, 2, clip=clip)
     with pytest.raises(ValueError, match=r"expected dy of shape \(T, B, H\) = \(10, 2, 4\) to "
                                          r"match x, got \(10, 2, 3\)"):
         bptt.tbptt_grads(layer, x, np.zeros((10, 2, 3)), 2, 2)
@@ -326,9 +329,10 @@ def test_closed_form_and_split_solve_the_recursion():
     for m in range(1, M + 1):
         for t in range(1, N + 1):
             assert checkpoint_cost(t, m) == C[t, m], (t, m)
-            y = _best_split(t, m)
-            right = 0 if t == y else (C[t - y, m - 1] if m > 1 else math.inf)
-            assert y + right + C[y - 1, m] == C[t, m], (t, m, y)
+            y = np.arange(1, t + 1)
+            f = y + C[t - y, m - 1] + C[y - 1, m]
+            # the split taken is the recursion's argmin, the last one of its ties
+            assert _best_split(t, m) == y[f == f.min()][-1], (t, m)
     assert all(checkpoint_cost(t, 1) == t * (t + 1) // 2 for t in range(1, N + 1))
     assert all(checkpoint_cost(t, m) == t for m in range(1, M + 1) for t in range(1, m + 1))
 
@@ -497,6 +501,23 @@ def test_checkpointed_tape_holds_fewer_bytes():
     assert ck < 1.1 * (y_bytes + x.nbytes), (ck, y_bytes)
     assert full > 6 * y_bytes, (full, y_bytes)
     assert ck < full / 4, (ck, full)
+
+
+def test_checkpointed_backward_records_the_messages_as_the_cell_does():
+    """``record=`` (the cells' per-step dL/dh_t, for diagnostics) passes through the pieces."""
+    rng = np.random.default_rng(14)
+    layer = make_layer("gru", 3, 4, seed=15)
+    cell, weights = layer.cell, layer._cell_weights(0, 0)
+    x, dy, h0 = rng.standard_normal((17, 2, 3)), rng.standard_normal((17, 2, 4)), np.zeros((2, 4))
+    _, _, tape = cell.forward(x, h0, weights)
+    ref = np.zeros((17, 2, 4))
+    cell.backward(dy, h0, tape, record=ref)
+    _, _, ck = strategies.checkpointed_forward(cell, x, h0, weights, None,
+                                               bptt.plan_checkpoints(17, 3),
+                                               strategies.StateCount())
+    ours = np.zeros((17, 2, 4))
+    strategies.checkpointed_backward(dy, h0, ck, record=ours)
+    assert np.abs(ref).min() > 0 and rel_err(ours, ref) < 1e-13
 
 
 # ------------------------------------------------------------------------------ their errors

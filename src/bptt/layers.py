@@ -44,7 +44,7 @@ class RecurrentLayer:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, init="default",
-                 forget_bias=None):
+                 forget_bias=None, backend="numpy"):
         name = type(self).__name__
         for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
                            ("num_layers", num_layers)):
@@ -78,6 +78,7 @@ class RecurrentLayer:
         self.bidirectional = bool(bidirectional)
         self.dtype = dtype
         self.rng = np.random.default_rng(seed)
+        self.cell = _cell_for(type(self).cell, backend, name)
 
         self.params = {}
         G, H = self.gates, self.hidden_size
@@ -206,7 +207,7 @@ class RecurrentLayer:
         """Split a (L*dirs, B, H) state (a pair for LSTM) into one per (layer, direction)."""
         name = type(self).__name__
         K, H = self.num_layers * self.directions, self.hidden_size
-        n_parts = 2 if self.cell is lstm else 1
+        n_parts = 2 if type(self).cell is lstm else 1
         if state is None:
             parts = [np.zeros((K, B, H), self.dtype) for _ in range(n_parts)]
         else:
@@ -289,7 +290,7 @@ class RecurrentLayer:
         return y, h_n, tape
 
     def _stack_states(self, states):
-        if self.cell is lstm:
+        if type(self).cell is lstm:
             return np.stack([s[0] for s in states]), np.stack([s[1] for s in states])
         return np.stack(states)
 
@@ -353,6 +354,27 @@ class RecurrentLayer:
             d_out = d_out.transpose(1, 0, 2)
         grads = {k: grads[k] for k in self.params}
         return d_out, self._stack_states(dstates0), grads
+
+
+BACKENDS = ("auto", "numpy", "numba")
+
+
+def _cell_for(cell, backend, who):
+    """The reference cell module (``backend='numpy'``, the default) or its compiled twin in
+    ``bptt.kernels`` ('numba'; 'auto': numba when it can be imported, else numpy). Not 'auto' by
+    default yet: code that tells families apart by ``layer.cell is lstm`` needs ``type(layer).cell``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{who}: expected backend one of {BACKENDS}, got {backend!r}")
+    if backend == "numpy":
+        return cell
+    try:
+        from . import kernels
+    except ImportError as e:
+        if backend == "numba":
+            raise ImportError(f"{who}: backend='numba' needs numba and scipy (install the 'fast' "
+                              f"extra): {e}") from None
+        return cell
+    return kernels.FAMILIES[cell.__name__.rsplit(".", 1)[1]]
 
 
 def _reverse_time(a, reverse_index):

@@ -21,25 +21,30 @@ state: there is no separate carrying pass).
 
 **Checkpointed BPTT under a memory budget** (Gruslys et al. 2016). ``layer.forward(x,
 memory=m)`` keeps at most m *step states* per (layer, direction), where a step state is what one
-step of a cell tape holds (for an LSTM: h_t, c_t, tanh(c_t) and the four gates). A kept step is
-also a checkpoint: its state is where a recomputation restarts. ``layer.backward`` recomputes
-the rest. With C(t, m) the fewest cell forward steps (the first pass included) that backpropagate
-t steps with m slots, keeping the tape of step y, solving the t-y steps after it with the m-1
-slots left, then the y-1 steps before it with all m again, is Gruslys et al.'s BPTT-ISM program
-with internal states of one slot each:
+step of a cell tape holds (for an LSTM: h_t, c_t, tanh(c_t) and the four gates); a cell tape of s
+steps counts s, whether kept or made for a moment while recomputing. A kept step is also a
+checkpoint: its state is where a recomputation restarts. Not counted: the running state and the
+message dL/dh (one step's worth each), and the layer's inputs and outputs, which full BPTT holds
+as well. ``layer.backward`` recomputes what was not kept.
+
+Let C(t, m) be the fewest cell forward steps (the first pass included) that backpropagate t steps
+with m slots. Run y steps, keep the tape of step y; backpropagate the t-y steps after it with the
+m-1 slots left, then step y from its tape, then the y-1 steps before it with all m slots again.
+This is Gruslys et al.'s recursion with the kept thing a step's internal state (as in their
+BPTT-ISM), one slot each:
 
 .. math::
     C(t, m) = \min_{1 \le y \le t} \left[\, y + C(t - y, m - 1) + C(y - 1, m) \,\right],
-    \qquad C(0, m) = 0,\quad C(t, 0) = \infty\ (t \ge 1).
+    \qquad C(0, m) = 0,\quad C(t, 0) = \infty\ (t \ge 1),
 
-It gives C(t, 1) = t(t+1)/2 and C(t, m) = t for m >= t. Its solution has a closed form, that of
-Griewank's binomial checkpointing (revolve, 1992): C(·, m) is convex, its increment C(t, m) -
-C(t-1, m) is the smallest k with binom(m+k, k) > t, so each k holds for binom(m+k-1, k)
-consecutive lengths (the tests check this against the recursion itself). The plan therefore
-costs O(log T) per split instead of O(T^2 m) for the table, and the split chosen at each point
-is the recursion's own argmin. Keeping the tape of step y dominates keeping only its state
-(which Gruslys et al.'s BPTT-HSM does): under this count both take one slot, and the tape saves
-recomputing step y.
+so C(t, 1) = t(t+1)/2 and C(t, m) = t for m >= t. Keeping the tape of step y dominates keeping only
+its state (their BPTT-HSM): under this count both take one slot, and the tape saves recomputing
+step y. The recursion has the closed form of Griewank's binomial checkpointing (revolve, 1992):
+C(., m) is convex, and its increment C(t, m) - C(t-1, m) is the smallest k with
+binom(m+k, k) > t, so each k holds for binom(m+k-1, k) consecutive lengths (the tests check this
+against the recursion itself). A split therefore costs O(log T) to plan instead of O(T^2 m) for
+the table, and the split taken is the recursion's own argmin (the last of its ties: the same cost
+in fewer cell calls).
 """
 
 import bisect
@@ -102,17 +107,20 @@ def checkpoint_cost(t, m):
 
 
 def _best_split(t, m):
-    """The smallest y in 1..t that minimises y + C(t-y, m-1) + C(y-1, m)."""
-    # f(y+1) - f(y) = 1 + dC(y, m) - dC(t-y, m-1) is nondecreasing in y (C is convex), so the
-    # first y where it is >= 0 is the first minimiser
+    """The largest y in 1..t that minimises f(y) = y + C(t-y, m-1) + C(y-1, m).
+
+    Ties are many; the largest y gives the same cost in fewer, longer pieces (fewer cell calls).
+    """
+    # f(y) - f(y-1) = 1 + dC(y-1, m) - dC(t-y+1, m-1) is nondecreasing in y (C is convex), so
+    # the last y where it is <= 0 is the last minimiser. With m = 1 only y = t is finite.
     lo, hi = 1, t
     while lo < hi:
-        y = (lo + hi) // 2
-        right = math.inf if m == 1 else _repeats(t - y, m - 1)
-        if 1 + _repeats(y, m) >= right:
-            hi = y
+        y = (lo + hi + 1) // 2
+        right = math.inf if m == 1 else _repeats(t - y + 1, m - 1)
+        if 1 + _repeats(y - 1, m) <= right:
+            lo = y
         else:
-            lo = y + 1
+            hi = y - 1
     return lo
 
 
@@ -287,7 +295,7 @@ def checkpointed_forward(cell, x, state0, weights, mask, plan, count, **options)
     return y, state_n, ck
 
 
-def checkpointed_backward(dy, dstate_n, ck, clip=None):
+def checkpointed_backward(dy, dstate_n, ck, clip=None, record=None):
     """Like ``cell.backward`` over a ``Checkpointed``: walk the plan back, recomputing."""
     if ck.chain is None:
         raise ValueError("checkpointed tape already backpropagated")
@@ -299,7 +307,8 @@ def checkpointed_backward(dy, dstate_n, ck, clip=None):
     while stack:
         left, a, state, b, run, tape = stack.pop()
         # the right part (popped before) has brought dL/dh to the end of this run
-        dx_r, dstate, g = ck.cell.backward(dy[b:b + run], dstate, tape, clip=clip)
+        extra = {} if record is None else {"record": record[b:b + run]}
+        dx_r, dstate, g = ck.cell.backward(dy[b:b + run], dstate, tape, clip=clip, **extra)
         del tape
         ck._free(run)
         dx[b:b + run] = dx_r
@@ -366,6 +375,10 @@ class TBPTT:
         if k2 < k1:
             raise ValueError(f"{who}: expected k2 >= k1 (each update backpropagates its k1 losses "
                              f"through k2 steps), got k1={k1}, k2={k2}")
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not (math.isfinite(clip) and clip > 0)):
+            raise ValueError(f"{who}: expected clip a positive finite number or None, got "
+                             f"{clip!r}")
         self.layer, self.k1, self.k2 = layer, k1, k2
         self.clip = clip
 
