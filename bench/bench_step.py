@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/bench_step.py [--threads N] [--repeats N] [--cells lstm,gru,rnn]
                                          [--sizes 100x32x128,1000x1x32] [--quick] [--memory]
-                                         [--json PATH]
+                                         [--backend numpy|numba|both] [--json PATH]
 
 Both libraries run in the same process with the same thread count; their runs are interleaved
 so that machine noise hits both. Reports medians, min and max in ms; ratio = bptt / torch.
+``--backend`` picks bptt's cells: the NumPy reference, the compiled ``bptt.kernels`` (numba), or
+both side by side.
 """
 
 import argparse
@@ -29,7 +31,8 @@ import bptt
 CELLS = {"lstm": (bptt.LSTM, torch.nn.LSTM), "gru": (bptt.GRU, torch.nn.GRU),
          "rnn": (bptt.RNN, torch.nn.RNN)}  # RNN: tanh, the default of both
 SIZES = [(100, 32, 128), (100, 64, 256), (100, 128, 512), (1000, 16, 64), (1000, 1, 32)]
-LIBS, MODES = ("bptt", "torch"), ("train", "infer")
+MODES = ("train", "infer")
+BACKENDS = ("numpy", "numba")
 
 
 def parse_args(argv=None):
@@ -42,33 +45,43 @@ def parse_args(argv=None):
                    help="comma-separated TxBxH (input size D = H)")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 repeats, first size only")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS of one step")
+    p.add_argument("--backend", default="numpy", choices=BACKENDS + ("both",),
+                   help="bptt's cells: numpy (reference), numba (bptt.kernels) or both")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     args.cells = args.cells.split(",")
+    args.backends = BACKENDS if args.backend == "both" else (args.backend,)
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     if args.quick:
         args.repeats, args.warmup, args.sizes = min(args.repeats, 3), 1, args.sizes[:1]
     return args
 
 
-def set_threads(n):
+def libs(backends):
+    return tuple(f"bptt-{b}" for b in backends) + ("torch",)
+
+
+def set_threads(n, backends=("numpy",)):
     """Same thread count for torch (OpenMP/MKL) and numpy's BLAS; keep the returned limiter."""
+    if "numba" in backends:
+        import bptt.kernels  # noqa: F401 (loads scipy's BLAS, which numba calls: limit it too)
     torch.set_num_threads(n)
     return threadpoolctl.threadpool_limits(n)
 
 
-def build(cell, size):
+def build(cell, size, backends=("numpy",)):
     """The same layer in both libraries, weights copied across; one callable per (lib, mode)."""
     T, B, H = size
     bptt_cls, torch_cls = CELLS[cell]
-    layer = bptt_cls(H, H, dtype=np.float32, seed=0)
+    layers = {b: bptt_cls(H, H, dtype=np.float32, seed=0, backend=b) for b in backends}
+    layer = layers[backends[0]]
     m = torch_cls(H, H)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
     rng = np.random.default_rng(1)
     x, dy = (rng.standard_normal((T, B, H), dtype=np.float32) for _ in range(2))
     xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
 
-    def bptt_train():
+    def bptt_train(layer):
         y, _, tape = layer.forward(x)
         return layer.backward(dy, tape)
 
@@ -82,8 +95,11 @@ def build(cell, size):
         with torch.inference_mode():
             return m(xt.detach())
 
-    return {("bptt", "train"): bptt_train, ("torch", "train"): torch_train,
-            ("bptt", "infer"): lambda: layer.forward(x), ("torch", "infer"): torch_infer}
+    fns = {("torch", "train"): torch_train, ("torch", "infer"): torch_infer}
+    for b, lay in layers.items():
+        fns[f"bptt-{b}", "train"] = lambda lay=lay: bptt_train(lay)
+        fns[f"bptt-{b}", "infer"] = lambda lay=lay: lay.forward(x)
+    return fns
 
 
 def time_interleaved(fns, repeats, warmup):
@@ -106,12 +122,15 @@ def summarize(ms):
 
 
 def bench_timing(cell, size, args):
-    times = time_interleaved(build(cell, size), args.repeats, args.warmup)
+    times = time_interleaved(build(cell, size, args.backends), args.repeats, args.warmup)
     rows = []
     for mode in MODES:
-        b, t = summarize(times["bptt", mode]), summarize(times["torch", mode])
-        rows.append(dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode, bptt_ms=b,
-                         torch_ms=t, ratio=b["median"] / t["median"]))
+        t = summarize(times["torch", mode])
+        row = dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode, torch_ms=t)
+        for b in args.backends:
+            s = summarize(times[f"bptt-{b}", mode])
+            row[f"bptt-{b}_ms"], row[f"ratio-{b}"] = s, s["median"] / t["median"]
+        rows.append(row)
     return rows
 
 
@@ -122,9 +141,10 @@ def proc_status_kb(field):
 
 def memory_child(lib, cell, size, threads):
     """In a fresh process: peak RSS increase (MB) of the first training step at this size."""
-    limiter = set_threads(threads)  # noqa: F841 (held for the process's life)
-    build(cell, (2, 2, 8))[lib, "train"]()  # start thread pools and lazy init, tiny footprint
-    step = build(cell, size)[lib, "train"]
+    backends = (lib.split("-", 1)[1],) if lib.startswith("bptt-") else ("numpy",)
+    limiter = set_threads(threads, backends)  # noqa: F841 (held for the process's life)
+    build(cell, (2, 2, 8), backends)[lib, "train"]()  # thread pools, lazy init, JIT, tiny
+    step = build(cell, size, backends)[lib, "train"]
     gc.collect()
     try:  # reset the high-water mark (Linux >= 4.0) so only the step can raise it
         with open("/proc/self/clear_refs", "w") as f:
@@ -140,12 +160,14 @@ def memory_child(lib, cell, size, threads):
             "hwm_reset": reset}
 
 
-def bench_memory(cell, size, threads):
+def bench_memory(cell, size, threads, backends):
     row = dict(cell=cell, T=size[0], B=size[1], H=size[2])
-    for lib in LIBS:  # a fresh spawned process per measurement
+    for lib in libs(backends):  # a fresh spawned process per measurement
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             row[lib] = pool.submit(memory_child, lib, cell, size, threads).result()
-    row["ratio"] = row["bptt"]["peak_increase_mb"] / row["torch"]["peak_increase_mb"]
+    for b in backends:
+        row[f"ratio-{b}"] = (row[f"bptt-{b}"]["peak_increase_mb"]
+                             / row["torch"]["peak_increase_mb"])
     return row
 
 
@@ -193,6 +215,7 @@ def environment(args):
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)", "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "bptt": bptt.__version__,
+        "bptt backends": ", ".join(args.backends) + _numba_version(args.backends),
         "numpy BLAS": blas, "torch BLAS": ", ".join(torch_blas) or "?",
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "unset"),
@@ -201,6 +224,13 @@ def environment(args):
     for cell in args.cells:
         env[f"torch path {cell.upper()}"] = torch_path(cell, args.sizes[0])
     return env
+
+
+def _numba_version(backends):
+    if "numba" not in backends:
+        return ""
+    import numba
+    return f" (numba {numba.__version__})"
 
 
 def print_table(title, header, rows):
@@ -216,30 +246,36 @@ def fmt(s):
 
 def main():
     args = parse_args()
-    limiter = set_threads(args.threads)  # noqa: F841
+    limiter = set_threads(args.threads, args.backends)  # noqa: F841
     env = environment(args)
     for k, v in env.items():
         print(f"{k:<18} {v}")
     grid = [(c, s) for c in args.cells for s in args.sizes]
     timing = [row for c, s in grid for row in bench_timing(c, s, args)]
+    bs = args.backends
     for mode in MODES:
         what = "training step (forward + backward)" if mode == "train" else "forward (inference)"
         print_table(f"{mode}: ms per {what}, median [min-max] of {args.repeats} repeats; "
                     "ratio = bptt/torch (<1: bptt faster)",
-                    ["cell", "T", "B", "H", "bptt ms", "torch ms", "ratio"],
-                    [[r["cell"], r["T"], r["B"], r["H"], fmt(r["bptt_ms"]), fmt(r["torch_ms"]),
-                      f"{r['ratio']:.2f}"] for r in timing if r["mode"] == mode])
+                    ["cell", "T", "B", "H"] + [f"bptt-{b} ms" for b in bs] + ["torch ms"]
+                    + [f"ratio {b}" for b in bs],
+                    [[r["cell"], r["T"], r["B"], r["H"]] + [fmt(r[f"bptt-{b}_ms"]) for b in bs]
+                     + [fmt(r["torch_ms"])] + [f"{r[f'ratio-{b}']:.2f}" for b in bs]
+                     for r in timing if r["mode"] == mode])
     memory = []
     if args.memory:
-        memory = [bench_memory(c, s, args.threads) for c, s in grid]
+        memory = [bench_memory(c, s, args.threads, bs) for c, s in grid]
         print_table("memory: peak RSS increase (MB) of one training step; ratio = bptt/torch\n"
                     "(each from a fresh process: inputs allocated, a tiny T=2 B=2 H=8 step run to "
                     "start thread pools,\n high-water mark reset, then the first full-size step: "
                     "VmHWM after it minus VmRSS just before)",
-                    ["cell", "T", "B", "H", "bptt MB", "torch MB", "ratio", "HWM reset"],
-                    [[r["cell"], r["T"], r["B"], r["H"], f"{r['bptt']['peak_increase_mb']:.1f}",
-                      f"{r['torch']['peak_increase_mb']:.1f}", f"{r['ratio']:.2f}",
-                      r["bptt"]["hwm_reset"] and r["torch"]["hwm_reset"]] for r in memory])
+                    ["cell", "T", "B", "H"] + [f"bptt-{b} MB" for b in bs] + ["torch MB"]
+                    + [f"ratio {b}" for b in bs] + ["HWM reset"],
+                    [[r["cell"], r["T"], r["B"], r["H"]]
+                     + [f"{r[f'bptt-{b}']['peak_increase_mb']:.1f}" for b in bs]
+                     + [f"{r['torch']['peak_increase_mb']:.1f}"]
+                     + [f"{r[f'ratio-{b}']:.2f}" for b in bs]
+                     + [all(r[lib]["hwm_reset"] for lib in libs(bs))] for r in memory])
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "timing": timing, "memory": memory}, f, indent=1)

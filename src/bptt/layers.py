@@ -361,8 +361,9 @@ BACKENDS = ("auto", "numpy", "numba")
 
 def _cell_for(cell, backend, who):
     """The reference cell module (``backend='numpy'``, the default) or its compiled twin in
-    ``bptt.kernels`` ('numba'; 'auto': numba when it can be imported, else numpy). Not 'auto' by
-    default yet: code that tells families apart by ``layer.cell is lstm`` needs ``type(layer).cell``."""
+    ``bptt.kernels`` ('numba'; 'auto': numba when it can be imported, else numpy). Not 'auto'
+    by default yet: code that tells families apart by ``layer.cell is lstm`` would take the
+    wrong branch; it should test ``type(layer).cell``."""
     if backend not in BACKENDS:
         raise ValueError(f"{who}: expected backend one of {BACKENDS}, got {backend!r}")
     if backend == "numpy":
