@@ -1,8 +1,9 @@
 """bptt: recurrent networks trained by backpropagation through time, written out by hand."""
 
+from . import diagnostics
 from .layers import GRU, LSTM, RNN, Tape
 from .strategies import TBPTT, Plan, StreamState, plan_checkpoints, tbptt_grads
 
 __all__ = ["RNN", "LSTM", "GRU", "Tape", "TBPTT", "StreamState", "tbptt_grads", "Plan",
-           "plan_checkpoints"]
+           "plan_checkpoints", "diagnostics"]
 __version__ = "0.1.0"
