@@ -53,6 +53,7 @@ CHARLM_OPTIONS = {   # option -> (type, help); defaults come from TrainConfig, i
     "dtype": (str, "float32 or float64"),
 }
 _NO_STEP_BUDGET = object()
+SAMPLE_CONTEXT = 1000   # characters of the validation split read before sampling
 
 
 class CLIError(Exception):
@@ -125,14 +126,19 @@ def _load_run(run_dir):
 
 
 def sample_cmd(args):
-    model, vocab, _, _ = _load_run(args.run)
+    from .data.text import split_text
+
+    model, vocab, _, meta = _load_run(args.run)
     if args.length < 1:
         raise CLIError(f"--length must be a positive integer, got {args.length}")
     try:
         vocab.encode(args.prime)
     except ValueError as e:
         raise CLIError(f"--prime: {e}") from None
-    text = sample(model, vocab, args.length, args.temperature, args.prime, args.seed)
+    # warm the state on the end of the validation split, as training always carries a state
+    _, valid, _ = split_text(load_corpus(meta["data"]))
+    context = vocab.encode(valid[-SAMPLE_CONTEXT:])
+    text = sample(model, vocab, args.length, args.temperature, args.prime, args.seed, context)
     print(args.prime + text)
 
 

@@ -333,12 +333,18 @@ def evaluate_bpc(model, ids, batch, seq_len, max_chars=None):
     return total / count / LN2
 
 
-def sample(model, vocab, length, temperature=1.0, prime="", seed=0):
-    """Generate ``length`` characters after ``prime``, one step at a time, state carried."""
+def sample(model, vocab, length, temperature=1.0, prime="", seed=0, context=None):
+    """Generate ``length`` characters after ``prime``, one step at a time, state carried.
+
+    ``context`` (ids) is read first, to warm the state: in training the state is carried from
+    batch to batch and is zero only at the start of a pass, so a model trained briefly has not
+    learnt to start from zeros and babbles until its state fills."""
     if not temperature > 0:
         raise ValueError(f"sample: expected temperature > 0, got {temperature!r}")
     rng = np.random.default_rng(seed)
     state, out = None, []
+    if context is not None and len(context):
+        _, state, _ = model.forward(np.asarray(context)[:, None], None)
     ids = vocab.encode(prime) if prime else np.array([rng.integers(vocab.size)])
     logits = None
     for i in ids:
