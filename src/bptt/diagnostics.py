@@ -55,54 +55,13 @@ def record_backward(layer, tape, dy, dh_n=None, *, clip=None):
     ``messages``, a dict from ``l{layer}{_reverse}`` to dL/dh_t of every step, (T, B, H), in the
     input's time order (the cells record them; see ``bptt.cells``).
     """
-    name = f"record_backward({type(layer).__name__})"
-    if not isinstance(tape, Tape) or tape.owner is not layer:
-        raise TypeError(f"{name}: expected the tape that this layer's forward returned, got "
-                        f"{type(tape).__name__}")
-    if tape.plan is not None:
-        raise ValueError(f"{name}: the tape keeps only checkpoints (forward ran with memory=); "
-                         f"diagnostics need a full tape")
-    T, B, H = tape.T, tape.B, layer.hidden_size
-    dy = np.asarray(dy, layer.dtype)
-    expected = (B, T, layer.directions * H) if layer.batch_first else (T, B, layer.directions * H)
-    if dy.shape != expected:
-        raise ValueError(f"{name}: expected dy of shape {expected} to match the tape's y, got "
-                         f"{dy.shape}")
-    if layer.batch_first:
-        dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-    dstates_n = layer._check_state(dh_n, "dh_n", B)
-    rev = tape.reverse_index
-    grads, messages = {}, {}
-    dstates0 = [None] * len(tape.cells)
-    d_out = dy
-    for lay in range(layer.num_layers - 1, -1, -1):     # the walk of RecurrentLayer.backward
-        dx = None
-        for d in range(layer.directions):
-            k = lay * layer.directions + d
-            dy_d = d_out[:, :, d * H:(d + 1) * H]
-            if d == 1:
-                dy_d = _reverse_time(dy_d, rev)
-            record = np.empty((T, B, H), layer.dtype)
-            # layer.cell: the numpy cell or its compiled twin (backend=); both take record=
-            dx_d, ds0, g = layer.cell.backward(dy_d, dstates_n[k], tape.cells[k], clip=clip,
-                                               record=record)
-            suffix = f"l{lay}{layer._suffixes()[d]}"
-            if d == 1:
-                dx_d = _reverse_time(dx_d, rev)
-                record = _reverse_time(record, rev)
-            messages[suffix] = record
-            dx = dx_d if dx is None else dx + dx_d
-            dstates0[k] = ds0
-            for gname, value in g.items():
-                grads[f"{gname}_{suffix}"] = value
-        if tape.dropout_masks[lay] is not None:
-            dx *= tape.dropout_masks[lay]
-        d_out = dx
-    if layer.batch_first:
-        d_out = d_out.transpose(1, 0, 2)
-    grads = {k: grads[k] for k in layer.params}
+    if isinstance(tape, Tape) and tape.plan is not None:
+        raise ValueError(f"record_backward({type(layer).__name__}): the tape keeps only "
+                         f"checkpoints (forward ran with memory=); diagnostics need a full tape")
+    messages = {}
+    dx, dh0, grads = layer.backward(dy, tape, dh_n, clip=clip, record=messages)
     messages = {k: messages[k] for k in sorted(messages, key=_layer_order)}
-    return d_out, layer._stack_states(dstates0), grads, messages
+    return dx, dh0, grads, messages
 
 
 def head_backward(model, dout, tape):

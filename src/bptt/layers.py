@@ -294,12 +294,15 @@ class RecurrentLayer:
             return np.stack([s[0] for s in states]), np.stack([s[1] for s in states])
         return np.stack(states)
 
-    def backward(self, dy, tape, dh_n=None, *, clip=None):
+    def backward(self, dy, tape, dh_n=None, *, clip=None, record=None):
         """Backpropagate through time; return ``(dx, dh0, grads)``.
 
         dy is shaped like y, dh_n like h_n (None: zeros); grads has the keys of ``state_dict``.
         ``clip`` (None: off) clips the backward message dL/dh_t to [-clip, clip] elementwise at
         every step, before it enters the step (Graves 2013); dh0 is the message left unclipped.
+        ``record`` (None: off), a dict, receives for each layer and direction (``l0``,
+        ``l0_reverse``, ``l1`` ...) the message dL/dh_t of every step, (T, B, H), in the input's
+        time order (for diagnostics).
         """
         name = type(self).__name__
         if not isinstance(tape, Tape) or tape.owner is not self:
@@ -339,14 +342,21 @@ class RecurrentLayer:
                 dy_d = d_out[:, :, d * H:(d + 1) * H]
                 if d == 1:
                     dy_d = _reverse_time(dy_d, rev)
-                dx_d, ds0, g = cell_backward(dy_d, dstates_n[k], tape.cells[k], clip=clip)
+                extra = {}
+                if record is not None:
+                    extra["record"] = np.empty((T, B, H), self.dtype)
+                dx_d, ds0, g = cell_backward(dy_d, dstates_n[k], tape.cells[k], clip=clip,
+                                             **extra)
+                suffix = f"l{layer}{self._suffixes()[d]}"
                 if d == 1:
                     dx_d = _reverse_time(dx_d, rev)
+                if record is not None:
+                    record[suffix] = (extra["record"] if d == 0 else
+                                      _reverse_time(extra["record"], rev))
                 dx = dx_d if dx is None else dx + dx_d
                 dstates0[k] = ds0
-                suffix = f"_l{layer}{self._suffixes()[d]}"
                 for gname, value in g.items():
-                    grads[gname + suffix] = value
+                    grads[f"{gname}_{suffix}"] = value
             if tape.dropout_masks[layer] is not None:
                 dx *= tape.dropout_masks[layer]
             d_out = dx
