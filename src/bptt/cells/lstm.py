@@ -40,23 +40,10 @@ def step(x, state, weights):
 
 def forward(x, state0, weights, mask=None):
     """Run over x (T, B, D) from state0 = (h0, c0); return y (T, B, H), (h_n, c_n) and the tape."""
-    T, B, D = x.shape
-    h0, c0 = state0
-    H = h0.shape[1]
+    T, B, _ = x.shape
+    H = state0[0].shape[1]
     dt = x.dtype
-    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 3, H)
-
-    gates = np.empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
-    gates2d = gates.reshape(T * B, G * H)
-    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
-    if weights.get("bias_ih") is not None:
-        bias = (weights["bias_ih"] + weights["bias_hh"])[chunk_rows(ORDER, H)] * scale[:, 0]
-        gates2d += bias
-    h = np.empty((T + 1, B, H), dt)
-    c = np.empty((T + 1, B, H), dt)
-    tanh_c = np.empty((T, B, H), dt)
-    h[0] = h0
-    c[0] = c0
+    gates, h, c, tanh_c, W_ih, W_hh, W_hh_half = project(x, state0, weights)
     rec = np.empty((B, G * H), dt)
     ig = np.empty((B, H), dt)
     W_hh_half_T = W_hh_half.T
@@ -80,10 +67,39 @@ def forward(x, state0, weights, mask=None):
                 s[t + 1] -= s[t]
                 s[t + 1] *= m
                 s[t + 1] += s[t]
+    return finish_forward(x, h, c, tanh_c, gates, W_ih, W_hh, weights, mask)
+
+
+def project(x, state0, weights):
+    """The buffers of a forward pass: gates (T, B, 4, H) holding every step's input projection
+    (one GEMM, sigmoid rows halved, biases in), h and c (T+1, B, H) starting at state0, tanh_c
+    (T, B, H); and the weights in the loop's row order: W_ih and W_hh true (for backward), W_hh
+    with its sigmoid rows halved (for the loop)."""
+    T, B, D = x.shape
+    h0, c0 = state0
+    H = h0.shape[1]
+    dt = x.dtype
+    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 3, H)
+    gates = np.empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
+    gates2d = gates.reshape(T * B, G * H)
+    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
+    if weights.get("bias_ih") is not None:
+        bias = (weights["bias_ih"] + weights["bias_hh"])[chunk_rows(ORDER, H)] * scale[:, 0]
+        gates2d += bias
+    h = np.empty((T + 1, B, H), dt)
+    c = np.empty((T + 1, B, H), dt)
+    tanh_c = np.empty((T, B, H), dt)
+    h[0] = h0
+    c[0] = c0
+    return gates, h, c, tanh_c, W_ih, W_hh, W_hh_half
+
+
+def finish_forward(x, h, c, tanh_c, gates, W_ih, W_hh, weights, mask):
+    """``(y, (h_n, c_n), tape)`` once the time loop has filled the buffers."""
     y = h[1:] if mask is None else h[1:] * mask
     tape = dict(x=x, h=h, c=c, tanh_c=tanh_c, gates=gates, mask=mask, W_ih=W_ih, W_hh=W_hh,
                 bias=weights.get("bias_ih") is not None)
-    return y, (h[T], c[T]), tape
+    return y, (h[-1], c[-1]), tape
 
 
 def backward(dy, dstate_n, tape, clip=None, record=None):
@@ -144,15 +160,23 @@ def backward(dy, dstate_n, tape, clip=None, record=None):
             np.multiply(dh, keep[t], out=tmp)
             rec += tmp
 
+    dx, grads = input_and_weight_grads(dG, tape)
+    return dx, (rec, dc), grads
+
+
+def input_and_weight_grads(dG, tape):
+    """dx and the parameter grads (PyTorch's row order) from dL/d(pre-activation) dG
+    (T, B, 4, H) of every step: one GEMM each over all T*B rows."""
+    x, h = tape["x"], tape["h"]
+    T, B, _, H = dG.shape
     dG2d = dG.reshape(T * B, G * H)
-    x2d = x.reshape(T * B, -1)
     dx = (dG2d @ tape["W_ih"]).reshape(x.shape)
     grads = {
-        "weight_ih": unorder(dG2d.T @ x2d, ORDER, H),
+        "weight_ih": unorder(dG2d.T @ x.reshape(T * B, -1), ORDER, H),
         "weight_hh": unorder(dG2d.T @ h[:-1].reshape(T * B, H), ORDER, H),
     }
     if tape["bias"]:
         db = unorder(dG2d.sum(axis=0), ORDER, H)
         grads["bias_ih"] = db
         grads["bias_hh"] = db.copy()
-    return dx, (rec, dc), grads
+    return dx, grads

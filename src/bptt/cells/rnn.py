@@ -24,11 +24,7 @@ def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
     T, B, D = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    h = np.empty((T + 1, B, H), dt)  # h[0] = h0; then the pre-activations, overwritten in place
-    h[0] = h0
-    np.matmul(x.reshape(T * B, D), weights["weight_ih"].T, out=h[1:].reshape(T * B, H))
-    if weights.get("bias_ih") is not None:
-        h[1:] += weights["bias_ih"] + weights["bias_hh"]
+    h = project(x, h0, weights)
     rec = np.empty((B, H), dt)
     W_hh_T = weights["weight_hh"].T
     relu = nonlinearity == "relu"
@@ -44,15 +40,33 @@ def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
             a -= h[t]
             a *= mask[t]
             a += h[t]
+    return finish_forward(x, h, weights, mask, relu)
+
+
+def project(x, h0, weights):
+    """h (T+1, B, H): h[0] = h0, then every step's input projection (one GEMM), which the time
+    loop overwrites in place with the pre-activation and then h_t."""
+    T, B, D = x.shape
+    H = h0.shape[1]
+    h = np.empty((T + 1, B, H), x.dtype)
+    h[0] = h0
+    np.matmul(x.reshape(T * B, D), weights["weight_ih"].T, out=h[1:].reshape(T * B, H))
+    if weights.get("bias_ih") is not None:
+        h[1:] += weights["bias_ih"] + weights["bias_hh"]
+    return h
+
+
+def finish_forward(x, h, weights, mask, relu):
+    """``(y, h_n, tape)`` once the time loop has filled h."""
     y = h[1:] if mask is None else h[1:] * mask
     tape = dict(x=x, h=h, mask=mask, relu=relu, W_ih=weights["weight_ih"].copy(),
                 W_hh=weights["weight_hh"].copy(), bias=weights.get("bias_ih") is not None)
-    return y, h[T], tape
+    return y, h[-1], tape
 
 
 def backward(dy, dh_n, tape, clip=None, record=None):
     """Backpropagate dy (T, B, H) and dh_n through time; return dx, dh0, grads."""
-    x, h, mask = tape["x"], tape["h"], tape["mask"]
+    h, mask = tape["h"], tape["mask"]
     T = h.shape[0] - 1
     B, H = h.shape[1:]
     dt = h.dtype
@@ -83,6 +97,15 @@ def backward(dy, dh_n, tape, clip=None, record=None):
             np.multiply(dh, keep[t], out=tmp)
             rec += tmp
 
+    dx, grads = input_and_weight_grads(da, tape)
+    return dx, rec, grads
+
+
+def input_and_weight_grads(da, tape):
+    """dx and the parameter grads from dL/da (T, B, H) of every step: one GEMM each over all
+    T*B rows (cuDNN's backward-weights)."""
+    x, h = tape["x"], tape["h"]
+    T, B, H = da.shape
     da2d = da.reshape(T * B, H)
     dx = (da2d @ tape["W_ih"]).reshape(x.shape)
     grads = {
@@ -92,4 +115,4 @@ def backward(dy, dh_n, tape, clip=None, record=None):
     if tape["bias"]:
         grads["bias_ih"] = da2d.sum(axis=0)
         grads["bias_hh"] = grads["bias_ih"].copy()
-    return dx, rec, grads
+    return dx, grads

@@ -8,8 +8,8 @@ tapes are interchangeable; the GEMMs outside the time loop are the reference's, 
 import numpy as np
 from numba import njit
 
-from ..cells.gates import chunk_rows, half_sigmoid_rows, unorder
-from ..cells.lstm import G, ORDER, step  # noqa: F401 (step: the reference, re-exported)
+from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
+from ..cells.lstm import finish_forward, input_and_weight_grads, project
 from ._math import mask_array, matmul, sigmoid_half, tanh
 
 _JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
@@ -50,29 +50,11 @@ def _forward_loop(gates, h, c, tanh_c, W_T, mask, half):
 
 def forward(x, state0, weights, mask=None):
     """Run over x (T, B, D) from state0 = (h0, c0); return y (T, B, H), (h_n, c_n) and the tape."""
-    T, B, D = x.shape
-    h0, c0 = state0
-    H = h0.shape[1]
-    dt = x.dtype
-    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 3, H)
-
-    gates = np.empty((T, B, G, H), dt)
-    gates2d = gates.reshape(T * B, G * H)
-    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
-    if weights.get("bias_ih") is not None:
-        bias = (weights["bias_ih"] + weights["bias_hh"])[chunk_rows(ORDER, H)] * scale[:, 0]
-        gates2d += bias
-    h = np.empty((T + 1, B, H), dt)
-    c = np.empty((T + 1, B, H), dt)
-    tanh_c = np.empty((T, B, H), dt)
-    h[0] = h0
-    c[0] = c0
-    _forward_loop(gates.reshape(T, B, G * H), h, c, tanh_c, np.ascontiguousarray(W_hh_half.T),
-                  mask_array(mask, B, dt), dt.type(0.5))
-    y = h[1:] if mask is None else h[1:] * mask
-    tape = dict(x=x, h=h, c=c, tanh_c=tanh_c, gates=gates, mask=mask, W_ih=W_ih, W_hh=W_hh,
-                bias=weights.get("bias_ih") is not None)
-    return y, (h[T], c[T]), tape
+    T, B, _ = x.shape
+    gates, h, c, tanh_c, W_ih, W_hh, W_hh_half = project(x, state0, weights)
+    _forward_loop(gates.reshape(T, B, -1), h, c, tanh_c, np.ascontiguousarray(W_hh_half.T),
+                  mask_array(mask, B, x.dtype), x.dtype.type(0.5))
+    return finish_forward(x, h, c, tanh_c, gates, W_ih, W_hh, weights, mask)
 
 
 @njit(**_JIT)
@@ -138,14 +120,5 @@ def backward(dy, dstate_n, tape, clip=None, record=None):
         dt.type(-1 if clip is None else clip),
         np.empty((0, B, H), dt) if record is None else record, dG.reshape(T, B, G * H))
 
-    dG2d = dG.reshape(T * B, G * H)
-    dx = (dG2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {
-        "weight_ih": unorder(dG2d.T @ x.reshape(T * B, -1), ORDER, H),
-        "weight_hh": unorder(dG2d.T @ h[:-1].reshape(T * B, H), ORDER, H),
-    }
-    if tape["bias"]:
-        db = unorder(dG2d.sum(axis=0), ORDER, H)
-        grads["bias_ih"] = db
-        grads["bias_hh"] = db.copy()
+    dx, grads = input_and_weight_grads(dG, tape)
     return dx, (dh0, dc0), grads

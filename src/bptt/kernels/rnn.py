@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit
 
 from ..cells.rnn import NONLINEARITIES, step  # noqa: F401 (re-exported: the reference step)
+from ..cells.rnn import finish_forward, input_and_weight_grads, project
 from ._math import mask_array, matmul, tanh
 
 _JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
@@ -37,21 +38,11 @@ def _forward_loop(h, W_T, mask, relu):
 
 def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
     """Run over x (T, B, D) from h0 (B, H); return y (T, B, H), h_n and the tape."""
-    T, B, D = x.shape
-    H = h0.shape[1]
-    dt = x.dtype
-    h = np.empty((T + 1, B, H), dt)
-    h[0] = h0
-    np.matmul(x.reshape(T * B, D), weights["weight_ih"].T, out=h[1:].reshape(T * B, H))
-    if weights.get("bias_ih") is not None:
-        h[1:] += weights["bias_ih"] + weights["bias_hh"]
+    h = project(x, h0, weights)
     relu = nonlinearity == "relu"
     _forward_loop(h, np.ascontiguousarray(weights["weight_hh"].T),
-                  mask_array(mask, B, dt), relu)
-    y = h[1:] if mask is None else h[1:] * mask
-    tape = dict(x=x, h=h, mask=mask, relu=relu, W_ih=weights["weight_ih"].copy(),
-                W_hh=weights["weight_hh"].copy(), bias=weights.get("bias_ih") is not None)
-    return y, h[T], tape
+                  mask_array(mask, x.shape[1], x.dtype), relu)
+    return finish_forward(x, h, weights, mask, relu)
 
 
 @njit(**_JIT)
@@ -94,7 +85,7 @@ def _backward_loop(dy, dh_n, h, W_hh, mask, relu, clip, record, da):
 
 def backward(dy, dh_n, tape, clip=None, record=None):
     """Backpropagate dy (T, B, H) and dh_n through time; return dx, dh0, grads."""
-    x, h, mask = tape["x"], tape["h"], tape["mask"]
+    h, mask = tape["h"], tape["mask"]
     T = h.shape[0] - 1
     B, H = h.shape[1:]
     dt = h.dtype
@@ -104,13 +95,5 @@ def backward(dy, dh_n, tape, clip=None, record=None):
                          mask_array(mask, B, dt), tape["relu"],
                          dt.type(-1 if clip is None else clip),
                          np.empty((0, B, H), dt) if record is None else record, da)
-    da2d = da.reshape(T * B, H)
-    dx = (da2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {
-        "weight_ih": da2d.T @ x.reshape(T * B, -1),
-        "weight_hh": da2d.T @ h[:-1].reshape(T * B, H),
-    }
-    if tape["bias"]:
-        grads["bias_ih"] = da2d.sum(axis=0)
-        grads["bias_hh"] = grads["bias_ih"].copy()
+    dx, grads = input_and_weight_grads(da, tape)
     return dx, dh0, grads
