@@ -44,28 +44,10 @@ def step(x, h, weights, reset_after=True):
 
 def forward(x, h0, weights, mask=None, reset_after=True):
     """Run over x (T, B, D) from h0 (B, H); return y (T, B, H), h_n and the tape."""
-    T, B, D = x.shape
+    T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 2, H)
-    has_bias = weights.get("bias_ih") is not None
-
-    gates = np.empty((T, B, G, H), dt)  # pre-activations, then r, z, n
-    gates2d = gates.reshape(T * B, G * H)
-    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
-    b_hn = None
-    if has_bias:
-        bias = weights["bias_ih"].copy()
-        if reset_after:
-            bias[: 2 * H] += weights["bias_hh"][: 2 * H]  # b_hn stays inside r * (...)
-            b_hn = weights["bias_hh"][2 * H:]
-        else:
-            bias += weights["bias_hh"]
-        gates2d += bias * scale[:, 0]
-    h = np.empty((T + 1, B, H), dt)
-    h[0] = h0
-    # reset_after: hn[t] = W_hn h_{t-1} + b_hn;  otherwise: hn[t] = r_t * h_{t-1}
-    hn = np.empty((T, B, H), dt)
+    gates, h, hn, W_ih, W_hh, W_hh_half, b_hn = project(x, h0, weights, reset_after)
     if reset_after:
         rec = np.empty((B, G, H), dt)
         W_T = W_hh_half.T
@@ -103,10 +85,43 @@ def forward(x, h0, weights, mask=None, reset_after=True):
             hnext -= h[t]
             hnext *= mask[t]
             hnext += h[t]
+    return finish_forward(x, h, hn, gates, W_ih, W_hh, weights, mask, reset_after)
+
+
+def project(x, h0, weights, reset_after):
+    """The buffers of a forward pass: gates (T, B, 3, H) holding every step's input projection
+    (one GEMM, r and z rows halved, the biases that sit outside r in), h (T+1, B, H) starting at
+    h0, hn (T, B, H); the weights: W_ih and W_hh true (for backward), W_hh with r and z rows
+    halved (for the loop); and b_hn, the bias inside r * (...) (reset_after; else None)."""
+    T, B, D = x.shape
+    H = h0.shape[1]
+    dt = x.dtype
+    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 2, H)
+    gates = np.empty((T, B, G, H), dt)  # pre-activations, then r, z, n
+    gates2d = gates.reshape(T * B, G * H)
+    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
+    b_hn = None
+    if weights.get("bias_ih") is not None:
+        bias = weights["bias_ih"].copy()
+        if reset_after:
+            bias[: 2 * H] += weights["bias_hh"][: 2 * H]  # b_hn stays inside r * (...)
+            b_hn = weights["bias_hh"][2 * H:]
+        else:
+            bias += weights["bias_hh"]
+        gates2d += bias * scale[:, 0]
+    h = np.empty((T + 1, B, H), dt)
+    h[0] = h0
+    # reset_after: hn[t] = W_hn h_{t-1} + b_hn;  otherwise: hn[t] = r_t * h_{t-1}
+    hn = np.empty((T, B, H), dt)
+    return gates, h, hn, W_ih, W_hh, W_hh_half, b_hn
+
+
+def finish_forward(x, h, hn, gates, W_ih, W_hh, weights, mask, reset_after):
+    """``(y, h_n, tape)`` once the time loop has filled the buffers."""
     y = h[1:] if mask is None else h[1:] * mask
     tape = dict(x=x, h=h, gates=gates, hn=hn, mask=mask, reset_after=reset_after,
-                W_ih=W_ih, W_hh=W_hh, bias=has_bias)
-    return y, h[T], tape
+                W_ih=W_ih, W_hh=W_hh, bias=weights.get("bias_ih") is not None)
+    return y, h[-1], tape
 
 
 def backward(dy, dh_n, tape, clip=None, record=None):
@@ -135,7 +150,7 @@ def _factors(tape):
 
 
 def _backward_reset_after(dy, dh_n, tape, clip, record):
-    x, h, hn, mask = tape["x"], tape["h"], tape["hn"], tape["mask"]
+    h, hn, mask = tape["h"], tape["hn"], tape["mask"]
     T, B, _, H = tape["gates"].shape
     dt = h.dtype
     r, Cn, Cz, direct = _factors(tape)
@@ -169,21 +184,12 @@ def _backward_reset_after(dy, dh_n, tape, clip, record):
     da = np.empty((T, B, G, H), dt)    # dL/d(input projection) per chunk
     da[:, :, :2] = dhp[:, :, :2]
     np.multiply(dh_all, Cn, out=da[:, :, 2])
-    da2d = da.reshape(T * B, G * H)
-    dhp2d = dhp.reshape(T * B, G * H)
-    dx = (da2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {
-        "weight_ih": da2d.T @ x.reshape(T * B, -1),
-        "weight_hh": dhp2d.T @ h[:-1].reshape(T * B, H),
-    }
-    if tape["bias"]:
-        grads["bias_ih"] = da2d.sum(axis=0)
-        grads["bias_hh"] = dhp2d.sum(axis=0)
+    dx, grads = input_and_weight_grads(da, dhp, tape)
     return dx, rec, grads
 
 
 def _backward_reset_before(dy, dh_n, tape, clip, record):
-    x, h, rh, mask = tape["x"], tape["h"], tape["hn"], tape["mask"]
+    h, mask = tape["h"], tape["mask"]
     T, B, _, H = tape["gates"].shape
     dt = h.dtype
     r, Cn, Cz, direct = _factors(tape)
@@ -218,16 +224,29 @@ def _backward_reset_before(dy, dh_n, tape, clip, record):
         np.multiply(drh, r[t], out=tmp)                # through r * h_prev
         rec += tmp
 
+    dx, grads = input_and_weight_grads(da, None, tape)
+    return dx, rec, grads
+
+
+def input_and_weight_grads(da, dhp, tape):
+    """dx and the parameter grads from da = dL/d(input projection) and, for reset_after,
+    dhp = dL/d(W_hh h_{t-1} + b_hh), each (T, B, 3H) in any layout that reshapes so; without
+    reset_after (dhp None), W_hn's gradient comes from da's n chunk and hn = r * h_{t-1}.
+    One GEMM each over all T*B rows."""
+    x, h, hn = tape["x"], tape["h"], tape["hn"]
+    T, B, H = hn.shape
     da2d = da.reshape(T * B, G * H)
     dx = (da2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {
-        "weight_ih": da2d.T @ x.reshape(T * B, -1),
-        "weight_hh": np.concatenate([
+    grads = {"weight_ih": da2d.T @ x.reshape(T * B, -1)}
+    if dhp is not None:
+        dhp2d = dhp.reshape(T * B, G * H)
+        grads["weight_hh"] = dhp2d.T @ h[:-1].reshape(T * B, H)
+    else:
+        grads["weight_hh"] = np.concatenate([
             da2d[:, : 2 * H].T @ h[:-1].reshape(T * B, H),
-            da2d[:, 2 * H:].T @ rh.reshape(T * B, H),
-        ]),
-    }
+            da2d[:, 2 * H:].T @ hn.reshape(T * B, H),
+        ])
     if tape["bias"]:
         grads["bias_ih"] = da2d.sum(axis=0)
-        grads["bias_hh"] = grads["bias_ih"].copy()
-    return dx, rec, grads
+        grads["bias_hh"] = dhp2d.sum(axis=0) if dhp is not None else grads["bias_ih"].copy()
+    return dx, grads

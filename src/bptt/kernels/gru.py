@@ -4,8 +4,8 @@ in one numba function. Same interface and tape as the reference (see ``bptt.kern
 import numpy as np
 from numba import njit
 
-from ..cells.gates import half_sigmoid_rows
-from ..cells.gru import G, ORDER, step  # noqa: F401 (step: the reference, re-exported)
+from ..cells.gru import G, step  # noqa: F401 (step: the reference, re-exported)
+from ..cells.gru import finish_forward, input_and_weight_grads, project
 from ._math import mask_array, matmul, sigmoid_half, tanh
 
 _JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
@@ -63,27 +63,12 @@ def _forward_loop(gates, h, hn, W_T, W_hn_T, b_hn, mask, reset_after, half):
 
 def forward(x, h0, weights, mask=None, reset_after=True):
     """Run over x (T, B, D) from h0 (B, H); return y (T, B, H), h_n and the tape."""
-    T, B, D = x.shape
+    T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 2, H)
-    has_bias = weights.get("bias_ih") is not None
-
-    gates = np.empty((T, B, G, H), dt)
-    gates2d = gates.reshape(T * B, G * H)
-    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
-    b_hn = None
-    if has_bias:
-        bias = weights["bias_ih"].copy()
-        if reset_after:
-            bias[: 2 * H] += weights["bias_hh"][: 2 * H]  # b_hn stays inside r * (...)
-            b_hn = np.ascontiguousarray(weights["bias_hh"][2 * H:], dt)
-        else:
-            bias += weights["bias_hh"]
-        gates2d += bias * scale[:, 0]
-    h = np.empty((T + 1, B, H), dt)
-    h[0] = h0
-    hn = np.empty((T, B, H), dt)
+    gates, h, hn, W_ih, W_hh, W_hh_half, b_hn = project(x, h0, weights, reset_after)
+    if b_hn is not None:
+        b_hn = np.ascontiguousarray(b_hn, dt)
     if reset_after:
         W_T, W_hn_T = np.ascontiguousarray(W_hh_half.T), np.empty((0, 0), dt)  # unused
     else:
@@ -92,10 +77,7 @@ def forward(x, h0, weights, mask=None, reset_after=True):
     _forward_loop(gates.reshape(T, B, G * H), h, hn, W_T, W_hn_T, b_hn,
                   mask_array(mask, B, dt), reset_after,
                   dt.type(0.5))
-    y = h[1:] if mask is None else h[1:] * mask
-    tape = dict(x=x, h=h, gates=gates, hn=hn, mask=mask, reset_after=reset_after,
-                W_ih=W_ih, W_hh=W_hh, bias=has_bias)
-    return y, h[T], tape
+    return finish_forward(x, h, hn, gates, W_ih, W_hh, weights, mask, reset_after)
 
 
 @njit(**_JIT)
@@ -171,7 +153,7 @@ def _backward_loop(dy, dh_n, gates, h, hn, W_hh, mask, reset_after, clip, record
 
 def backward(dy, dh_n, tape, clip=None, record=None):
     """Backpropagate dy (T, B, H) and dh_n through time; return dx, dh0, grads."""
-    x, h, hn, mask = tape["x"], tape["h"], tape["hn"], tape["mask"]
+    h, hn, mask = tape["h"], tape["hn"], tape["mask"]
     T, B, _, H = tape["gates"].shape
     dt = h.dtype
     reset_after = tape["reset_after"]
@@ -183,19 +165,5 @@ def backward(dy, dh_n, tape, clip=None, record=None):
                          mask_array(mask, B, dt), reset_after,
                          dt.type(-1 if clip is None else clip),
                          np.empty((0, B, H), dt) if record is None else record, da, dhp)
-    da2d = da.reshape(T * B, G * H)
-    dx = (da2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {"weight_ih": da2d.T @ x.reshape(T * B, -1)}
-    if reset_after:
-        dhp2d = dhp.reshape(T * B, G * H)
-        grads["weight_hh"] = dhp2d.T @ h[:-1].reshape(T * B, H)
-    else:
-        grads["weight_hh"] = np.concatenate([
-            da2d[:, : 2 * H].T @ h[:-1].reshape(T * B, H),
-            da2d[:, 2 * H:].T @ hn.reshape(T * B, H),
-        ])
-    if tape["bias"]:
-        grads["bias_ih"] = da2d.sum(axis=0)
-        grads["bias_hh"] = dhp.reshape(T * B, G * H).sum(axis=0) if reset_after \
-            else grads["bias_ih"].copy()
+    dx, grads = input_and_weight_grads(da, dhp if reset_after else None, tape)
     return dx, dh0, grads
