@@ -76,6 +76,29 @@ def matmul(a, w, out):
                 row[n] += am * wk[n]
 
 
+JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)  # the time loops
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def incoming_message(dh, rec, dy, mask, t, clip, record):
+    """Fill dh (B, H) with dL/dh_t: what arrives from step t+1 (rec) plus the loss's own
+    gradient at step t (dy[t], zero where the mask is); clip it to [-clip, clip] (Graves 2013;
+    clip < 0: off) and keep it in record[t] (diagnostics; a (0, B, H) record: off)."""
+    masked = mask.shape[0] > 0  # (0, B, 1): no mask
+    one = dh.dtype.type(1)
+    B, H = dh.shape
+    for b in range(B):
+        d, r, y = dh[b], rec[b], dy[t, b]
+        m = mask[t, b, 0] if masked else one
+        for j in range(H):
+            d[j] = r[j] + y[j] * m
+        if clip >= 0:
+            for j in range(H):
+                d[j] = min(max(d[j], -clip), clip)
+    if record.shape[0]:
+        record[t] = dh
+
+
 def mask_array(mask, B, dtype):
     """The (T, B, 1) mask as the loops take it: (0, B, 1) for none, so that one compiled version
     serves both (each version costs seconds of compile time)."""

@@ -6,12 +6,10 @@ from numba import njit
 
 from ..cells.gru import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.gru import finish_forward, input_and_weight_grads, project
-from ._math import mask_array, matmul, sigmoid_half, tanh
-
-_JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
+from ._math import JIT, incoming_message, mask_array, matmul, sigmoid_half, tanh
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _forward_loop(gates, h, hn, W_T, W_hn_T, b_hn, mask, reset_after, half):
     """gates (T, B, 3H): pre-activations (r, z halved) in, r, z, n out; fills h[1:] and hn.
 
@@ -80,7 +78,7 @@ def forward(x, h0, weights, mask=None, reset_after=True):
     return finish_forward(x, h, hn, gates, W_ih, W_hh, weights, mask, reset_after)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _backward_loop(dy, dh_n, gates, h, hn, W_hh, mask, reset_after, clip, record, da, dhp):
     """Fills da (T, B, 3H) = dL/d(input projection) and, for reset_after, dhp (T, B, 3H) =
     dL/d(W_hh h_prev + b_hh); returns dh0. Without reset_after, da alone carries the gradient:
@@ -96,16 +94,7 @@ def _backward_loop(dy, dh_n, gates, h, hn, W_hh, mask, reset_after, clip, record
     dns = np.empty((B, H), gates.dtype)
     W_hrz, W_hn = W_hh[: 2 * H], W_hh[2 * H:]
     for t in range(T - 1, -1, -1):
-        for b in range(B):
-            d, r, y = dh[b], rec[b], dy[t, b]
-            m = mask[t, b, 0] if masked else one
-            for j in range(H):
-                d[j] = r[j] + y[j] * m
-            if clip >= 0:  # clip the backward message dL/dh_t (Graves 2013); -1: off
-                for j in range(H):
-                    d[j] = min(max(d[j], -clip), clip)
-        if record.shape[0]:  # diagnostics: dL/dh_t of every step; (0, B, H): off
-            record[t] = dh
+        incoming_message(dh, rec, dy, mask, t, clip, record)
         for b in range(B):
             a, dab, d, hp = gates[t, b], da[t, b], dh[b], h[t, b]
             rg, z, n = a[:H], a[H:2 * H], a[2 * H:]

@@ -10,12 +10,10 @@ from numba import njit
 
 from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.lstm import finish_forward, input_and_weight_grads, project
-from ._math import mask_array, matmul, sigmoid_half, tanh
-
-_JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
+from ._math import JIT, incoming_message, mask_array, matmul, sigmoid_half, tanh
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _forward_loop(gates, h, c, tanh_c, W_T, mask, half):
     """gates (T, B, 4H): halved pre-activations in, activations o, i, f, g out.
 
@@ -57,7 +55,7 @@ def forward(x, state0, weights, mask=None):
     return finish_forward(x, h, c, tanh_c, gates, W_ih, W_hh, weights, mask)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _backward_loop(dy, dh_n, dc_n, gates, c, tanh_c, W_hh, mask, clip, record, dG):
     """Fills dG (T, B, 4H) with dL/d(pre-activation) of o, i, f, g; returns (dh0, dc0)."""
     masked = mask.shape[0] > 0  # (0, B, 1): no mask
@@ -68,16 +66,7 @@ def _backward_loop(dy, dh_n, dc_n, gates, c, tanh_c, W_hh, mask, clip, record, d
     dc = dc_n.copy()
     dh = np.empty((B, H), gates.dtype)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
-            d, r, y = dh[b], rec[b], dy[t, b]
-            m = mask[t, b, 0] if masked else one
-            for j in range(H):
-                d[j] = r[j] + y[j] * m
-            if clip >= 0:  # clip the backward message dL/dh_t (Graves 2013); -1: off
-                for j in range(H):
-                    d[j] = min(max(d[j], -clip), clip)
-        if record.shape[0]:  # diagnostics: dL/dh_t of every step; (0, B, H): off
-            record[t] = dh
+        incoming_message(dh, rec, dy, mask, t, clip, record)
         for b in range(B):
             a, dg, tc, dcb, d = gates[t, b], dG[t, b], tanh_c[t, b], dc[b], dh[b]
             o, i, f, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]

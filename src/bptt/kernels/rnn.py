@@ -6,12 +6,10 @@ from numba import njit
 
 from ..cells.rnn import NONLINEARITIES, step  # noqa: F401 (re-exported: the reference step)
 from ..cells.rnn import finish_forward, input_and_weight_grads, project
-from ._math import mask_array, matmul, tanh
-
-_JIT = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
+from ._math import JIT, incoming_message, mask_array, matmul, tanh
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _forward_loop(h, W_T, mask, relu):
     """h (T+1, B, H): h[0] the initial state, h[1:] the input projections in, the states out."""
     masked = mask.shape[0] > 0  # (0, B, 1): no mask
@@ -45,7 +43,7 @@ def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
     return finish_forward(x, h, weights, mask, relu)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def _backward_loop(dy, dh_n, h, W_hh, mask, relu, clip, record, da):
     """Fills da (T, B, H) with dL/da_t; returns dh0."""
     masked = mask.shape[0] > 0  # (0, B, 1): no mask
@@ -54,16 +52,7 @@ def _backward_loop(dy, dh_n, h, W_hh, mask, relu, clip, record, da):
     rec = dh_n.copy()
     dh = np.empty((B, H), h.dtype)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
-            d, r, y = dh[b], rec[b], dy[t, b]
-            m = mask[t, b, 0] if masked else one
-            for j in range(H):
-                d[j] = r[j] + y[j] * m
-            if clip >= 0:  # clip the backward message dL/dh_t (Graves 2013); -1: off
-                for j in range(H):
-                    d[j] = min(max(d[j], -clip), clip)
-        if record.shape[0]:  # diagnostics: dL/dh_t of every step; (0, B, H): off
-            record[t] = dh
+        incoming_message(dh, rec, dy, mask, t, clip, record)
         for b in range(B):
             d, hb, dab = dh[b], h[t + 1, b], da[t, b]
             m = mask[t, b, 0] if masked else one
