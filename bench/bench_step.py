@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/bench_step.py [--threads N] [--repeats N] [--cells lstm,gru,rnn]
                                          [--sizes 100x32x128,1000x1x32] [--quick] [--memory]
-                                         [--backend numpy|numba|both] [--json PATH]
+                                         [--backend all|numpy,numba,native] [--json PATH]
 
 Both libraries run in the same process with the same thread count; their runs are interleaved
 so that machine noise hits both. Reports medians, min and max in ms; ratio = bptt / torch.
-``--backend`` picks bptt's cells: the NumPy reference, the compiled ``bptt.kernels`` (numba), or
-both side by side.
+``--backend`` picks bptt's cells, one or several side by side: the NumPy reference, the compiled
+``bptt.kernels`` (numba) and ``bptt.native`` (C++, built at install); ``all`` (the default) is
+every one that imports here.
 """
 
 import argparse
@@ -32,7 +33,7 @@ CELLS = {"lstm": (bptt.LSTM, torch.nn.LSTM), "gru": (bptt.GRU, torch.nn.GRU),
          "rnn": (bptt.RNN, torch.nn.RNN)}  # RNN: tanh, the default of both
 SIZES = [(100, 32, 128), (100, 64, 256), (100, 128, 512), (1000, 16, 64), (1000, 1, 32)]
 MODES = ("train", "infer")
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "native")
 
 
 def parse_args(argv=None):
@@ -45,16 +46,34 @@ def parse_args(argv=None):
                    help="comma-separated TxBxH (input size D = H)")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 repeats, first size only")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS of one step")
-    p.add_argument("--backend", default="numpy", choices=BACKENDS + ("both",),
-                   help="bptt's cells: numpy (reference), numba (bptt.kernels) or both")
+    p.add_argument("--backend", default="all",
+                   help="bptt's cells, comma-separated: numpy (reference), numba (bptt.kernels), "
+                        "native (bptt.native); all: every one available")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     args.cells = args.cells.split(",")
-    args.backends = BACKENDS if args.backend == "both" else (args.backend,)
+    args.backends = available_backends() if args.backend == "all" else tuple(
+        args.backend.split(","))
+    unknown = set(args.backends) - set(BACKENDS)
+    if unknown:
+        p.error(f"--backend: expected some of {', '.join(BACKENDS)} or all, got "
+                f"{', '.join(sorted(unknown))}")
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     if args.quick:
         args.repeats, args.warmup, args.sizes = min(args.repeats, 3), 1, args.sizes[:1]
     return args
+
+
+def available_backends():
+    """numpy, and each compiled backend whose package imports."""
+    out = ["numpy"]
+    for name, package in (("numba", "bptt.kernels"), ("native", "bptt.native")):
+        try:
+            __import__(package)
+            out.append(name)
+        except ImportError:
+            pass
+    return tuple(out)
 
 
 def libs(backends):
@@ -65,6 +84,8 @@ def set_threads(n, backends=("numpy",)):
     """Same thread count for torch (OpenMP/MKL) and numpy's BLAS; keep the returned limiter."""
     if "numba" in backends:
         import bptt.kernels  # noqa: F401 (loads scipy's BLAS, which numba calls: limit it too)
+    if "native" in backends:
+        import bptt.native  # noqa: F401 (loads its OpenMP runtime: limit it too)
     torch.set_num_threads(n)
     return threadpoolctl.threadpool_limits(n)
 
@@ -98,7 +119,7 @@ def build(cell, size, backends=("numpy",)):
     fns = {("torch", "train"): torch_train, ("torch", "infer"): torch_infer}
     for b, lay in layers.items():
         fns[f"bptt-{b}", "train"] = lambda lay=lay: bptt_train(lay)
-        fns[f"bptt-{b}", "infer"] = lambda lay=lay: lay.forward(x)
+        fns[f"bptt-{b}", "infer"] = lambda lay=lay: lay.forward(x, tape=False)  # as no_grad
     return fns
 
 
@@ -216,6 +237,10 @@ def environment(args):
         "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)", "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "bptt": bptt.__version__,
         "bptt backends": ", ".join(args.backends) + _numba_version(args.backends),
+        "OpenMP": "; ".join(f"{d['internal_api']} {d.get('version')} threads={d['num_threads']} "
+                            f"({os.path.basename(d['filepath'])})"
+                            for d in threadpoolctl.threadpool_info()
+                            if d["user_api"] == "openmp"),
         "numpy BLAS": blas, "torch BLAS": ", ".join(torch_blas) or "?",
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "unset"),

@@ -1,17 +1,30 @@
-"""The compiled kernels (``bptt.kernels``, numba) against the NumPy reference cells to ~1e-12 and,
-through the layers, against torch autograd in float64 to 1e-9: every family and variant, bias or
-not, masks and lengths, per-step clipping and the record of dL/dh_t, float32 and float64."""
+"""The compiled backends, ``native`` (``bptt.native``, C++) and ``numba`` (``bptt.kernels``),
+against the NumPy reference cells to ~1e-12 and, through the layers, against torch autograd in
+float64 to 1e-9: every family and variant, bias or not, masks and lengths, per-step clipping and
+the record of dL/dh_t, float32 and float64. Each test runs for each backend that imports."""
+
+import importlib
+import os
 
 import numpy as np
 import pytest
 from conftest import rel_err, seed_of, torch_twin
 
-pytest.importorskip("numba", reason="numba is not installed: the fast backend (extra 'fast') "
-                    "is off, bptt runs on the NumPy cells")
+import bptt
+from bptt.cells import gru, lstm, rnn
 
-import bptt  # noqa: E402
-from bptt import kernels  # noqa: E402
-from bptt.cells import gru, lstm, rnn  # noqa: E402
+
+def _compiled(package):
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        return None
+
+
+COMPILED = {"native": _compiled("bptt.native"), "numba": _compiled("bptt.kernels")}
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
+    module is None, reason=f"backend {name!r} is not available here"))
+    for name, module in COMPILED.items()]
 
 # name -> (reference module, options)
 VARIANTS = {
@@ -22,7 +35,11 @@ VARIANTS = {
     "gru_before": (gru, {"reset_after": False}),
 }
 GATES = {rnn: 1, lstm: 4, gru: 3}
-FAST = {rnn: kernels.rnn, lstm: kernels.lstm, gru: kernels.gru}
+
+
+def fast(backend, module):
+    """The compiled twin of a reference cell module."""
+    return COMPILED[backend].FAMILIES[module.__name__.rsplit(".", 1)[1]]
 
 
 def draw(rng, module, T, B, D, H, dtype, bias):
@@ -59,14 +76,14 @@ def flat(result):
     return out
 
 
-def both(variant, dtype, bias, masked, clip, seed):
+def both(backend, variant, dtype, bias, masked, clip, seed, size=(9, 4, 5, 7)):
     module, opts = VARIANTS[variant]
     rng = np.random.default_rng(seed)
-    T, B, D, H = 9, 4, 5, 7
+    T, B, D, H = size
     w, x, state0, dstate_n, dy, mask = draw(rng, module, T, B, D, H, dtype, bias)
     mask = mask if masked else None
     results = []
-    for mod in (module, FAST[module]):
+    for mod in (module, fast(backend, module)):
         y, state_n, tape = mod.forward(x.copy(), state0, w, mask, **opts)
         record = np.zeros((T, B, H), dtype)
         back = mod.backward(dy, dstate_n, tape, clip=clip, record=record)
@@ -78,48 +95,57 @@ def both(variant, dtype, bias, masked, clip, seed):
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fast_equals_reference_float64(variant, bias, masked, clip):
-    (ref, *_), (fast, *_) = both(variant, np.float64, bias, masked, clip,
-                                 seed_of(variant, bias, masked, clip))
-    assert len(ref) == len(fast)
-    for a, b in zip(fast, ref):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_equals_reference_float64(backend, variant, bias, masked, clip):
+    (ref, *_), (got, *_) = both(backend, variant, np.float64, bias, masked, clip,
+                                seed_of(variant, bias, masked, clip))
+    assert len(ref) == len(got)
+    for a, b in zip(got, ref):
         assert a.shape == b.shape
         assert rel_err(a, b) < 1e-12
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_fast_float32_stays_float32_and_close(variant):
-    (ref, *_), (fast, ydt, dxdt) = both(variant, np.float32, True, True, 0.5, seed_of(variant))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_float32_stays_float32_and_close(backend, variant):
+    (ref, *_), (got, ydt, dxdt) = both(backend, variant, np.float32, True, True, 0.5,
+                                       seed_of(variant))
     assert ydt == np.float32 and dxdt == np.float32
-    for a, b in zip(fast, ref):
+    for a, b in zip(got, ref):
         assert a.dtype == np.float32
         assert rel_err(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("size", [(3, 8, 16, 64), (2, 13, 3, 40), (2, 1, 2, 1), (3, 9, 4, 17)],
+                         ids=["B8H64", "B13H40", "B1H1", "B9H17"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_tapes_are_interchangeable(variant):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_equals_reference_other_sizes(backend, variant, size):
+    """Sizes that take other code paths: numba's BLAS call (large products); the native loops'
+    row blocks with remainders (B = 13, 9) and a partial last block of hidden units (H = 40,
+    17, 1)."""
+    (ref, *_), (got, *_) = both(backend, variant, np.float64, True, True, 0.7,
+                                seed_of("sizes", variant, size), size)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tapes_are_interchangeable(backend, variant):
     """A reference tape goes through the fast backward and a fast tape through the reference's."""
     module, opts = VARIANTS[variant]
+    twin = fast(backend, module)
     rng = np.random.default_rng(seed_of("tape", variant))
     w, x, state0, dstate_n, dy, mask = draw(rng, module, 6, 3, 4, 5, np.float64, True)
     _, _, tape_ref = module.forward(x, state0, w, mask, **opts)
-    _, _, tape_fast = FAST[module].forward(x, state0, w, mask, **opts)
+    _, _, tape_fast = twin.forward(x, state0, w, mask, **opts)
     assert sorted(tape_ref) == sorted(tape_fast)
     expected = flat(module.backward(dy, dstate_n, tape_ref))
-    for got in (flat(FAST[module].backward(dy, dstate_n, tape_ref)),
+    for got in (flat(twin.backward(dy, dstate_n, tape_ref)),
                 flat(module.backward(dy, dstate_n, tape_fast))):
         for a, b in zip(got, expected):
             assert rel_err(a, b) < 1e-12
-
-
-def test_large_products_take_the_blas_path():
-    """Sizes where a step's product goes to BLAS rather than the plain loop agree too."""
-    rng = np.random.default_rng(7)
-    w, x, state0, dstate_n, dy, mask = draw(rng, lstm, 3, 8, 16, 64, np.float64, True)
-    ref = flat(lstm.forward(x, state0, w, mask)[:2])
-    fast = flat(kernels.lstm.forward(x, state0, w, mask)[:2])
-    for a, b in zip(fast, ref):
-        assert rel_err(a, b) < 1e-12
 
 
 # ------------------------------------------------------------------ layers, against torch
@@ -130,12 +156,13 @@ LAYERS = {"rnn_tanh": (bptt.RNN, {"nonlinearity": "tanh"}),
 
 @pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_numba_matches_torch_float64(name, lengths):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_matches_torch_float64(backend, name, lengths):
     cls, kw = LAYERS[name]
     T, B, D, H = 7, 3, 4, 5
     layer = cls(D, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=1,
-                backend="numba", **kw)
-    assert layer.cell is FAST[{bptt.RNN: rnn, bptt.LSTM: lstm, bptt.GRU: gru}[cls]]
+                backend=backend, **kw)
+    assert layer.cell is fast(backend, type(layer).cell)
     rng = np.random.default_rng(seed_of(name, lengths))
     x = rng.standard_normal((T, B, D))
     lens = np.array([7, 3, 5]) if lengths else None
@@ -150,14 +177,15 @@ def test_layer_numba_matches_torch_float64(name, lengths):
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_backends_agree_with_memory_budget(name):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_backends_agree_with_memory_budget(backend, name):
     """The checkpointed path (memory=) runs on the fast cells and matches the NumPy layer."""
     cls, kw = LAYERS[name]
     rng = np.random.default_rng(seed_of("memory", name))
     x = rng.standard_normal((12, 2, 3))
     dy = rng.standard_normal((12, 2, 4))
     out = []
-    for backend, memory in (("numpy", None), ("numba", 3)):
+    for backend, memory in (("numpy", None), (backend, 3)):
         layer = cls(3, 4, dtype=np.float64, seed=2, backend=backend, **kw)
         y, _, tape = layer.forward(x, memory=memory)
         out.append(flat((y,)) + flat(layer.backward(dy, tape)[::2]))
@@ -165,23 +193,27 @@ def test_layer_backends_agree_with_memory_budget(name):
         assert rel_err(a, b) < 1e-12
 
 
-def test_layer_backend_choice():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_backend_choice(backend):
     assert bptt.LSTM(2, 3, backend="numpy").cell is lstm
-    assert bptt.GRU(2, 3, backend="numba").cell is kernels.gru
-    assert bptt.RNN(2, 3, backend="auto").cell in (rnn, kernels.rnn)
+    assert bptt.GRU(2, 3, backend=backend).cell is COMPILED[backend].gru
+    assert bptt.RNN(2, 3, backend="auto").cell is next(
+        m.rnn for m in COMPILED.values() if m is not None)
     with pytest.raises(ValueError, match="backend"):
         bptt.LSTM(2, 3, backend="cuda")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_nan_goes_where_the_reference_puts_it(name, dtype):
-    """fastmath lets LLVM assume no NaN; a diverged run must still show NaN, as the reference."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_goes_where_the_reference_puts_it(backend, name, dtype):
+    """Compiled code may assume no NaN (numba's fastmath); a diverged run must still show NaN,
+    as the reference."""
     cls, kw = LAYERS[name]
     x = np.zeros((4, 2, 3), dtype)
     x[1, 0, 0] = np.nan
     out = []
-    for backend in ("numpy", "numba"):
+    for backend in ("numpy", backend):
         layer = cls(3, 4, dtype=dtype, seed=0, backend=backend, **kw)
         y, _, tape = layer.forward(x)
         dx, _, _ = layer.backward(np.ones_like(y), tape)
@@ -191,10 +223,51 @@ def test_nan_goes_where_the_reference_puts_it(name, dtype):
         np.testing.assert_array_equal(a, b)
 
 
-def test_numba_backend_without_numba_says_so(monkeypatch):
+def test_compiled_backends_missing_say_so(monkeypatch):
     import sys
-    monkeypatch.delattr(bptt, "kernels")
-    monkeypatch.setitem(sys.modules, "bptt.kernels", None)  # import fails as without numba
+    for package in ("kernels", "native"):
+        monkeypatch.delattr(bptt, package, raising=False)
+        monkeypatch.setitem(sys.modules, f"bptt.{package}", None)  # import fails as if not built
     with pytest.raises(ImportError, match="fast"):
         bptt.LSTM(2, 3, backend="numba")
+    with pytest.raises(ImportError, match="compiler"):
+        bptt.LSTM(2, 3, backend="native")
     assert bptt.LSTM(2, 3, backend="auto").cell is lstm
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("backend", ["numpy"] + BACKENDS)
+def test_inference_equals_the_forward_of_training(backend, name, lengths):
+    """forward(tape=False) (no gates kept: the compiled backends' inference loops) gives the
+    outputs and final state of the forward that keeps a tape, and returns no tape."""
+    cls, kw = LAYERS[name]
+    layer = cls(4, 6, num_layers=2, bidirectional=True, dtype=np.float64, seed=3,
+                backend=backend, **kw)
+    rng = np.random.default_rng(seed_of("infer", name, lengths))
+    x = rng.standard_normal((8, 3, 4))
+    lens = np.array([8, 2, 5]) if lengths else None
+    y, h_n, tape = layer.forward(x, lengths=lens)
+    y_i, h_n_i, none = layer.forward(x, lengths=lens, tape=False)
+    assert none is None
+    assert rel_err(y_i, y) < 1e-12
+    for a, b in zip(np.atleast_3d(h_n_i) if not isinstance(h_n, tuple) else h_n_i,
+                    np.atleast_3d(h_n) if not isinstance(h_n, tuple) else h_n):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_inference_bad_options_say_so():
+    layer = bptt.LSTM(2, 3)
+    x = np.zeros((4, 1, 2))
+    with pytest.raises(TypeError, match="expected tape a bool"):
+        layer.forward(x, tape="no")
+    with pytest.raises(ValueError, match="leave memory out"):
+        layer.forward(x, memory=2, tape=False)
+
+
+def test_native_is_built_where_required():
+    """`make test` sets BPTT_REQUIRE_NATIVE=1: there, a native build that silently failed (the
+    extension is optional at install) must fail the suite instead of skipping its tests."""
+    if os.environ.get("BPTT_REQUIRE_NATIVE") != "1":
+        pytest.skip("BPTT_REQUIRE_NATIVE is not set")
+    assert COMPILED["native"] is not None, "bptt.native did not import: was it built?"

@@ -278,7 +278,7 @@ def test_no_diagnostics_unless_asked(monkeypatch, tmp_path):
     ({"clip": float("inf")}, "expected clip a positive number"),
     ({"dtype": "float16"}, "expected dtype float32 or float64"),
     ({"clock": "gpu"}, "expected clock one of wall, cpu, got 'gpu'"),
-    ({"backend": "cuda"}, "expected backend one of auto, numpy, numba, got 'cuda'"),
+    ({"backend": "cuda"}, "expected backend one of auto, numpy, numba, native, got 'cuda'"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message):

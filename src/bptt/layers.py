@@ -8,9 +8,9 @@ Shapes (time-major, as PyTorch's default): x (T, B, D), y (T, B, dirs*H),
 h0 and h_n (num_layers*dirs, B, H), for LSTM the pair (h, c).
 """
 
-from dataclasses import dataclass, field
-
+import importlib
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -230,8 +230,12 @@ class RecurrentLayer:
         return [parts[0][k] for k in range(K)]
 
     # ------------------------------------------------------------------ the passes
-    def forward(self, x, h0=None, lengths=None, memory=None, *, training=False, rng=None):
+    def forward(self, x, h0=None, lengths=None, memory=None, *, training=False, rng=None,
+                tape=True):
         """Run the stack over x; return ``(y, h_n, tape)``.
+
+        ``tape=False`` is inference: nothing is kept for a backward pass, the tape returned is
+        None, and the compiled backends skip storing the gates (PyTorch's ``no_grad``).
 
         ``lengths`` (B integers in 1..T, any order) gives PyTorch's packed-sequence semantics.
         Dropout between layers applies when ``training`` is true; its masks come from ``rng``
@@ -248,6 +252,13 @@ class RecurrentLayer:
         states0 = self._check_state(h0, "h0", B)
         if not isinstance(training, bool):
             raise TypeError(f"{type(self).__name__}: expected training a bool, got {training!r}")
+        if not isinstance(tape, bool):
+            raise TypeError(f"{type(self).__name__}: expected tape a bool, got {tape!r}")
+        if memory is not None and not tape:
+            raise ValueError(f"{type(self).__name__}: memory= bounds what the tape keeps; with "
+                             f"tape=False nothing is kept, so leave memory out")
+        keep_tape = tape
+        infer = getattr(self.cell, "forward_infer", None) if not tape else None
         plan = count = None
         if memory is not None:
             memory = strategies.check_memory(memory, type(self).__name__)
@@ -268,7 +279,10 @@ class RecurrentLayer:
             for d in range(self.directions):
                 k = layer * self.directions + d
                 x_d = inp if d == 0 else _reverse_time(inp, rev)
-                if plan is None:
+                if infer is not None:
+                    (y_d, s_n), tape = infer(x_d, states0[k], self._cell_weights(layer, d), mask,
+                                             **options), None
+                elif plan is None:
                     y_d, s_n, tape = self.cell.forward(
                         x_d, states0[k], self._cell_weights(layer, d), mask, **options)
                 else:  # each (layer, direction) checkpointed on its own, within `memory`
@@ -286,6 +300,8 @@ class RecurrentLayer:
         if self.batch_first:
             y = y.transpose(1, 0, 2)
         h_n = self._stack_states(states_n)
+        if not keep_tape:
+            return y, h_n, None
         tape = Tape(self, T, B, tapes, drop_masks, mask, rev, {"lengths": lengths}, plan, count)
         return y, h_n, tape
 
@@ -366,26 +382,31 @@ class RecurrentLayer:
         return d_out, self._stack_states(dstates0), grads
 
 
-BACKENDS = ("auto", "numpy", "numba")
+BACKENDS = ("auto", "numpy", "numba", "native")
+_COMPILED = {"native": ("native", "a C++20 compiler when bptt is installed"),
+             "numba": ("kernels", "numba and scipy (install the 'fast' extra)")}
 
 
 def _cell_for(cell, backend, who):
-    """The reference cell module (``backend='numpy'``, the default) or its compiled twin in
-    ``bptt.kernels`` ('numba'; 'auto': numba when it can be imported, else numpy). Not 'auto'
-    by default yet: code that tells families apart by ``layer.cell is lstm`` would take the
-    wrong branch; it should test ``type(layer).cell``."""
+    """The reference cell module (``backend='numpy'``, the default) or its compiled twin:
+    ``bptt.native`` ('native', C++ built at install) or ``bptt.kernels`` ('numba'). 'auto'
+    takes the first of native, numba, numpy that imports."""
     if backend not in BACKENDS:
-        raise ValueError(f"{who}: expected backend one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"{who}: expected backend one of {', '.join(BACKENDS)}, got "
+                         f"{backend!r}")
     if backend == "numpy":
         return cell
-    try:
-        from . import kernels
-    except ImportError as e:
-        if backend == "numba":
-            raise ImportError(f"{who}: backend='numba' needs numba and scipy (install the 'fast' "
-                              f"extra): {e}") from None
-        return cell
-    return kernels.FAMILIES[cell.__name__.rsplit(".", 1)[1]]
+    family = cell.__name__.rsplit(".", 1)[1]
+    for name in (("native", "numba") if backend == "auto" else (backend,)):
+        package, needs = _COMPILED[name]
+        try:
+            module = importlib.import_module(f"bptt.{package}")
+        except ImportError as e:
+            if backend == "auto":
+                continue
+            raise ImportError(f"{who}: backend={backend!r} needs {needs}: {e}") from None
+        return module.FAMILIES[family]
+    return cell
 
 
 def _reverse_time(a, reverse_index):

@@ -94,13 +94,24 @@ def project(x, h0, weights, reset_after):
     h0, hn (T, B, H); the weights: W_ih and W_hh true (for backward), W_hh with r and z rows
     halved (for the loop); and b_hn, the bias inside r * (...) (reset_after; else None)."""
     T, B, D = x.shape
+    gates, h, hn, W_ih, W_hh, W_ih_half, W_hh_half, bias, b_hn = buffers(x, h0, weights,
+                                                                        reset_after)
+    gates2d = gates.reshape(T * B, -1)
+    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
+    if bias is not None:
+        gates2d += bias
+    return gates, h, hn, W_ih, W_hh, W_hh_half, b_hn
+
+
+def buffers(x, h0, weights, reset_after):
+    """``project`` without the product: gates (T, B, 3, H) uninitialised, h (T+1, B, H)
+    starting at h0, hn (T, B, H); W_ih, W_hh true and with r and z rows halved; the bias outside
+    r (halved likewise) and b_hn, the bias inside r * (...) (reset_after); None without biases."""
+    T, B, D = x.shape
     H = h0.shape[1]
     dt = x.dtype
     W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 2, H)
-    gates = np.empty((T, B, G, H), dt)  # pre-activations, then r, z, n
-    gates2d = gates.reshape(T * B, G * H)
-    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
-    b_hn = None
+    bias = b_hn = None
     if weights.get("bias_ih") is not None:
         bias = weights["bias_ih"].copy()
         if reset_after:
@@ -108,12 +119,13 @@ def project(x, h0, weights, reset_after):
             b_hn = weights["bias_hh"][2 * H:]
         else:
             bias += weights["bias_hh"]
-        gates2d += bias * scale[:, 0]
+        bias *= scale[:, 0]
+    gates = np.empty((T, B, G, H), dt)  # pre-activations, then r, z, n
     h = np.empty((T + 1, B, H), dt)
     h[0] = h0
     # reset_after: hn[t] = W_hn h_{t-1} + b_hn;  otherwise: hn[t] = r_t * h_{t-1}
     hn = np.empty((T, B, H), dt)
-    return gates, h, hn, W_ih, W_hh, W_hh_half, b_hn
+    return gates, h, hn, W_ih, W_hh, W_ih_half, W_hh_half, bias, b_hn
 
 
 def finish_forward(x, h, hn, gates, W_ih, W_hh, weights, mask, reset_after):

@@ -76,22 +76,33 @@ def project(x, state0, weights):
     (T, B, H); and the weights in the loop's row order: W_ih and W_hh true (for backward), W_hh
     with its sigmoid rows halved (for the loop)."""
     T, B, D = x.shape
+    gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(x, state0, weights)
+    gates2d = gates.reshape(T * B, -1)
+    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
+    if bias is not None:
+        gates2d += bias
+    return gates, h, c, tanh_c, W_ih, W_hh, W_hh_half
+
+
+def buffers(x, state0, weights):
+    """``project`` without the product: gates (T, B, 4, H) uninitialised, h and c (T+1, B, H)
+    starting at state0, tanh_c (T, B, H); W_ih, W_hh true and halved in the loop's row order;
+    the summed bias in that order, halved likewise (None without biases)."""
+    T, B, D = x.shape
     h0, c0 = state0
     H = h0.shape[1]
     dt = x.dtype
     W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 3, H)
-    gates = np.empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
-    gates2d = gates.reshape(T * B, G * H)
-    np.matmul(x.reshape(T * B, D), W_ih_half.T, out=gates2d)  # all input projections, one GEMM
+    bias = None
     if weights.get("bias_ih") is not None:
         bias = (weights["bias_ih"] + weights["bias_hh"])[chunk_rows(ORDER, H)] * scale[:, 0]
-        gates2d += bias
+    gates = np.empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
     h = np.empty((T + 1, B, H), dt)
     c = np.empty((T + 1, B, H), dt)
     tanh_c = np.empty((T, B, H), dt)
     h[0] = h0
     c[0] = c0
-    return gates, h, c, tanh_c, W_ih, W_hh, W_hh_half
+    return gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias
 
 
 def finish_forward(x, h, c, tanh_c, gates, W_ih, W_hh, weights, mask):

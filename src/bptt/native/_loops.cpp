@@ -1,0 +1,606 @@
+// Fused time loops for the LSTM, GRU and Elman RNN cells: bptt's `backend="native"`.
+//
+// The same loops as bptt/kernels (numba) and bptt/cells (the NumPy reference), with the same
+// buffers and tape layouts; what is different is how a step runs. Each step's small product
+// with W_hh is a register-blocked GEMM over a copy of W_hh packed once per call (so it is not
+// repacked at every step, as a BLAS call would), and the gate arithmetic runs in that GEMM's
+// epilogue while the tile is still in registers:
+//
+//   forward:  the tile is MR batch rows x one block of L hidden units x all G gates, so the
+//             epilogue has every gate of those units and writes h, c and the activations.
+//   backward: the tile is MR rows x L units of dL/dh_{t-1}; its epilogue computes step t-1's
+//             gate gradients for the same units (the elementwise part of that step).
+//
+// Blocks of hidden units are split over OpenMP threads, with one barrier per step. Every
+// function works for float (L = 16) and double (L = 8); float uses a rational tanh (Eigen's
+// ptanh_float, a few ulp), double calls libm so that it equals the reference to rounding.
+//
+// The functions are plain C symbols, called through ctypes from bptt/native/*.py, which own all
+// the checks. The module init exists only so that setuptools can build this as an extension.
+
+#include <Python.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define AI inline __attribute__((always_inline))
+
+namespace {
+
+template <class R> struct VT;
+template <> struct VT<float> {
+    typedef float V __attribute__((vector_size(64)));
+    enum { L = 16 };
+};
+template <> struct VT<double> {
+    typedef double V __attribute__((vector_size(64)));
+    enum { L = 8 };
+};
+
+// ---- vector helpers: n < L lanes for the last, partial block of hidden units ----------------
+
+#ifdef __AVX512F__
+// masked loads and stores: no branch, no call (the last block may hold n < L units)
+template <class V> AI V ldn(const float *p, int n) {
+    return (V)_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
+}
+template <class V> AI V ldn(const double *p, int n) {
+    return (V)_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p);
+}
+AI void stn(float *p, VT<float>::V v, int n) {
+    _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), (__m512)v);
+}
+AI void stn(double *p, VT<double>::V v, int n) {
+    _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), (__m512d)v);
+}
+#else
+template <class V, class R> AI V ldn(const R *p, int n) {
+    V v;
+    if (n == int(sizeof(V) / sizeof(R))) {
+        std::memcpy(&v, p, sizeof v);
+    } else {
+        v = V{};
+        for (int l = 0; l < n; l++) v[l] = p[l];
+    }
+    return v;
+}
+
+template <class V, class R> AI void stn(R *p, V v, int n) {
+    if (n == int(sizeof(V) / sizeof(R))) {
+        std::memcpy(p, &v, sizeof v);
+    } else {
+        for (int l = 0; l < n; l++) p[l] = v[l];
+    }
+}
+#endif
+
+template <class V, class R> AI V splat(R s) { return V{} + s; }
+
+// A broadcast straight from memory: one load uop, where V{} + *p costs a load and a shuffle
+// (on the port that also runs the second 512-bit FMA).
+AI VT<float>::V bcast(const float *p) {
+#ifdef __AVX512F__
+    return (VT<float>::V)_mm512_set1_ps(*p);
+#else
+    return splat<VT<float>::V>(*p);
+#endif
+}
+AI VT<double>::V bcast(const double *p) {
+#ifdef __AVX512F__
+    return (VT<double>::V)_mm512_set1_pd(*p);
+#else
+    return splat<VT<double>::V>(*p);
+#endif
+}
+
+// a / b; for float with AVX-512 a 14-bit reciprocal and one Newton step (about 2 ulp), which
+// issues every cycle where a division takes ten.
+AI VT<float>::V vdiv(VT<float>::V a, VT<float>::V b) {
+#ifdef __AVX512F__
+    VT<float>::V r = (VT<float>::V)_mm512_rcp14_ps((__m512)b);
+    r = r * (2.0f - b * r);
+    return a * r;
+#else
+    return a / b;
+#endif
+}
+AI VT<double>::V vdiv(VT<double>::V a, VT<double>::V b) { return a / b; }
+
+AI VT<float>::V vtanh(VT<float>::V x) {
+    typedef VT<float>::V V;
+    const float clamp = 7.90531110763549805f;  // beyond it tanh rounds to +-1 in float32
+    x = x < -clamp ? splat<V>(-clamp) : x;
+    x = x > clamp ? splat<V>(clamp) : x;
+    V x2 = x * x;
+    V p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+    p = x2 * p + -8.60467152213735e-11f;
+    p = x2 * p + 5.12229709037114e-08f;
+    p = x2 * p + 1.48572235717979e-05f;
+    p = x2 * p + 6.37261928875436e-04f;
+    p = x2 * p + 4.89352455891786e-03f;
+    V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+    q = x2 * q + 2.26843463243900e-03f;
+    q = x2 * q + 4.89352518554385e-03f;
+    return vdiv(x * p, q);
+}
+
+AI VT<double>::V vtanh(VT<double>::V x) {
+    for (int l = 0; l < 8; l++) x[l] = std::tanh(x[l]);
+    return x;
+}
+
+template <class V> AI V sigmoid_half(V a) { return vtanh(a) * 0.5 + 0.5; }  // sigma(2a)
+
+template <class V, class R> AI V clamp(V v, R c) {
+    v = v < -c ? splat<V>(-c) : v;
+    return v > c ? splat<V>(c) : v;
+}
+
+// ---- the GEMM tile ---------------------------------------------------------------------------
+
+// acc[r][v] = sum_k A1[r * lda1 + k] P[k][v] + sum_k A2[r * lda2 + k] P[K1 + k][v], r < MR:
+// P holds (K1 + K2) rows of NP vectors of L. With SPLIT (the GRU's n gate, whose input and
+// recurrent parts stay apart), the last vector of a row goes to acc[r][NP - 1] in the first
+// sum and to acc[r][NP] in the second; otherwise acc has NP vectors a row.
+template <class R, int MR, int NP, bool SPLIT = false>
+AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, const R *P,
+             typename VT<R>::V (&acc)[MR][NP + SPLIT]) {
+    typedef typename VT<R>::V V;
+    const int L = VT<R>::L;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 5
+        for (int v = 0; v < NP + SPLIT; v++) acc[r][v] = V{};
+    for (int k = 0; k < K1; k++) {
+        V w[NP];
+#pragma GCC unroll 4
+        for (int v = 0; v < NP; v++) std::memcpy(&w[v], P + (long(k) * NP + v) * L, sizeof(V));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            V a = bcast(A1 + r * lda1 + k);
+#pragma GCC unroll 4
+            for (int v = 0; v < NP; v++) acc[r][v] += a * w[v];
+        }
+    }
+    P += long(K1) * NP * L;
+    for (int k = 0; k < K2; k++) {
+        V w[NP];
+#pragma GCC unroll 4
+        for (int v = 0; v < NP; v++) std::memcpy(&w[v], P + (long(k) * NP + v) * L, sizeof(V));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            V a = bcast(A2 + r * lda2 + k);
+#pragma GCC unroll 4
+            for (int v = 0; v < NP; v++) acc[r][SPLIT && v == NP - 1 ? NP : v] += a * w[v];
+        }
+    }
+}
+
+// The forward's weights, packed: P[jb][k][q][L] = [W_ih^T; W_hh^T][k, q * H + jb * L + l],
+// k < D + H (zero past H): the input and the recurrent product of a step in one pass.
+template <class R> R *pack_forward(const R *WxT, int D, const R *WhT, int H, int G) {
+    const int L = VT<R>::L, nb = (H + L - 1) / L, K = D + H;
+    R *p = static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(nb) * K * G * L));
+    if (!p) return nullptr;
+    for (int jb = 0; jb < nb; jb++)
+        for (int k = 0; k < K; k++) {
+            const R *row = k < D ? WxT + long(k) * G * H : WhT + long(k - D) * G * H;
+            for (int q = 0; q < G; q++)
+                for (int l = 0; l < L; l++) {
+                    int j = jb * L + l;
+                    p[((long(jb) * K + k) * G + q) * L + l] = j < H ? row[q * H + j] : R(0);
+                }
+        }
+    return p;
+}
+
+// A (K, H) matrix packed in panels of NVB blocks of L units: P[jp][k][v][L] = W[k, j], j =
+// (jp * NVB + v) * L + l (zero past H). The backward's W_hh (K = G * H); the RNN's
+// [W_ih^T; W_hh^T], from its two parts (W2: K2 more rows).
+template <class R> R *pack_units(const R *W, int H, int K, int NVB, const R *W2 = nullptr,
+                                 int K2 = 0) {
+    if (K2) {
+        R *both = static_cast<R *>(std::malloc(sizeof(R) * size_t(K + K2) * H));
+        if (!both) return nullptr;
+        std::memcpy(both, W, sizeof(R) * size_t(K) * H);
+        std::memcpy(both + long(K) * H, W2, sizeof(R) * size_t(K2) * H);
+        R *p = pack_units(both, H, K + K2, NVB);
+        std::free(both);
+        return p;
+    }
+    const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
+    R *p = static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(npan) * K * NVB * L));
+    if (!p) return nullptr;
+    for (int jp = 0; jp < npan; jp++)
+        for (int k = 0; k < K; k++)
+            for (int v = 0; v < NVB; v++)
+                for (int l = 0; l < L; l++) {
+                    int j = (jp * NVB + v) * L + l;
+                    p[((long(jp) * K + k) * NVB + v) * L + l] = j < H ? W[long(k) * H + j] : R(0);
+                }
+    return p;
+}
+
+// ---- the time loop driver --------------------------------------------------------------------
+
+// Runs body(tid-range of unit blocks) over nt threads; `step(jb_lo, jb_hi)` is called for every
+// step with a barrier between steps. nt = 1 runs without OpenMP.
+template <class F> void run_steps(int nsteps, int nb, int nt, F step) {
+    if (nt <= 1) {
+        for (int s = 0; s < nsteps; s++) step(s, 0, nb);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = omp_get_thread_num(), n = omp_get_num_threads();
+        int lo = int(long(nb) * tid / n), hi = int(long(nb) * (tid + 1) / n);
+        for (int s = 0; s < nsteps; s++) {
+#pragma omp barrier
+            step(s, lo, hi);
+        }
+    }
+#else
+    for (int s = 0; s < nsteps; s++) step(s, 0, nb);
+#endif
+}
+
+int threads_for(long work, int nb, long min_work) {
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    if (work < min_work) nt = 1;
+    return std::max(1, std::min(nt, nb));
+}
+
+// Calls blk<MR>(b0) for full row blocks and blk<rem> for the rest, rows b0 .. B-1.
+template <int MR, class F> AI void rows(int B, F &&blk);
+
+#define ROWS_CASE(n) case n: blk.template operator()<n>(b0); break;
+template <int MR, class F> AI void rows(int B, F &&blk) {
+    int b0 = 0;
+    for (; b0 + MR <= B; b0 += MR) blk.template operator()<MR>(b0);
+    switch (B - b0) {
+        case 0: break;
+        ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4) ROWS_CASE(5) ROWS_CASE(6) ROWS_CASE(7)
+        default: break;
+    }
+}
+
+// The forward of a gated cell: every step, for each row block and block of L units, the tile
+// [x_t, h_t][rows] @ P (all gates of those units; NACC accumulators a row, see tile) and
+// epi(t, b, j0, n, acc[r]) on each of its rows.
+template <class R, int G, int MR, bool SPLIT = false, class Epi>
+void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, long min_work,
+                Epi epi) {
+    typedef typename VT<R>::V V;
+    const int L = VT<R>::L, nb = (H + L - 1) / L;
+    int nt = threads_for(long(B) * G * H * (D + H), nb, min_work);
+    run_steps(T, nb, nt, [&](int t, int lo, int hi) {
+        for (int jb = lo; jb < hi; jb++) {
+            const int j0 = jb * L, n = std::min(L, H - j0);
+            rows<MR>(B, [&]<int M>(int b0) {
+                V acc[M][G + SPLIT];
+                tile<R, M, G, SPLIT>(D, x + (long(t) * B + b0) * D, D, H,
+                                     h + (long(t) * B + b0) * H, H,
+                                     P + long(jb) * (D + H) * G * L, acc);
+                for (int r = 0; r < M; r++) epi(t, long(b0 + r), j0, n, acc[r]);
+            });
+        }
+    });
+}
+
+// Unit panels of NVB blocks of L units (pack_units): every step i with a(i) not null, for each
+// row block and panel, the tile [a(i), a2(i)][rows] @ P (K + K2 deep) and
+// epi(i, b, j0, n, rec) on each row and block of units; a step with a(i) null calls epi with
+// rec = 0 (nothing to multiply).
+constexpr int NVB = 2;
+template <class R, class A, class Epi, class A2>
+void unit_steps(const R *P, int K, int nsteps, int B, int H, long min_work, A a, Epi epi,
+                int K2, A2 a2) {
+    typedef typename VT<R>::V V;
+    const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
+    int nt = threads_for(long(B) * (K + K2) * H, npan, min_work);
+    run_steps(nsteps, npan, nt, [&](int i, int lo, int hi) {
+        const R *Ai = a(i), *A2i = a2(i);
+        for (int jp = lo; jp < hi; jp++) {
+            if (!Ai) {
+                for (int v = 0; v < NVB && (jp * NVB + v) * L < H; v++) {
+                    const int j0 = (jp * NVB + v) * L, n = std::min(L, H - j0);
+                    for (long b = 0; b < B; b++) epi(i, b, j0, n, V{});
+                }
+                continue;
+            }
+            rows<8>(B, [&]<int M>(int b0) {
+                V acc[M][NVB];
+                tile<R, M, NVB>(K, Ai + long(b0) * K, K, K2, A2i + long(b0) * K2, K2,
+                                P + long(jp) * (K + K2) * NVB * L, acc);
+                for (int r = 0; r < M; r++)
+                    for (int v = 0; v < NVB && (jp * NVB + v) * L < H; v++) {
+                        const int j0 = (jp * NVB + v) * L;
+                        epi(i, long(b0 + r), j0, std::min(L, H - j0), acc[r][v]);
+                    }
+            });
+        }
+    });
+}
+
+// The backward loop every cell shares. Step i = 0 runs step T-1's elementwise part from dh_n;
+// step i = T - s (s = T-1 .. 0) multiplies the gradients of step s's pre-activations, dA[s]
+// (B, K), by W_hh, which gives dL/dh_{s-1} (plus extra(s, b, j0, n): what reaches h_{s-1}
+// around the product), and runs step s-1's elementwise part on it (dh0 after step 0).
+template <class R, class Elem, class Extra>
+int backward_steps(const R *W, const R *dA, int K, const R *dh_n, R *dh0, int T, int B, int H,
+                   long min_work, Elem elem, Extra extra) {
+    typedef typename VT<R>::V V;
+    R *P = pack_units(W, H, K, NVB);
+    if (!P) return -1;
+    unit_steps<R>(
+        P, K, T + 1, B, H, min_work,
+        [&](int i) { return i == 0 ? nullptr : dA + long(T - i) * B * K; },
+        [&](int i, long b, int j0, int n, V rec) {
+            if (i == 0) return elem(T - 1, b, j0, n, ldn<V>(dh_n + b * H + j0, n));
+            const int s = T - i;
+            rec += extra(s, b, j0, n);
+            if (s > 0) elem(s - 1, b, j0, n, rec);
+            else stn(dh0 + b * H + j0, rec, n);
+        },
+        0, [](int) { return static_cast<const R *>(nullptr); });
+    std::free(P);
+    return 0;
+}
+
+// ---- LSTM (internal gate order o, i, f, g; sigmoid rows halved) -----------------------------
+
+template <class R>
+int lstm_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *gates, R *h,
+                 R *c, R *tc, const R *mask, int T, int B, int H, long min_work) {
+    // gates and tc: NULL for inference, where nothing is kept for a backward pass
+    typedef typename VT<R>::V V;
+    const int G = 4;
+    R *P = pack_forward(WxT, D, WhT, H, G);
+    if (!P) return -1;
+    gate_steps<R, G, 6>(P, x, D, h, T, B, H, min_work, [&](int t, long b, int j0, int n, V *acc) {
+        const long tb = long(t) * B + b;
+        V a[G];
+        for (int q = 0; q < G; q++) a[q] = bias ? acc[q] + ldn<V>(bias + q * H + j0, n) : acc[q];
+        V o = sigmoid_half(a[0]), i = sigmoid_half(a[1]), f = sigmoid_half(a[2]), gg = vtanh(a[3]);
+        V cp = ldn<V>(c + tb * H + j0, n);
+        V cn = f * cp + i * gg;              // c = f * c_prev + i * g
+        V tcn = vtanh(cn);
+        V hn = o * tcn;                      // h = o * tanh(c)
+        if (gates) {
+            R *g = gates + tb * G * H + j0;
+            stn(g, o, n), stn(g + H, i, n), stn(g + 2 * H, f, n), stn(g + 3 * H, gg, n);
+            stn(tc + tb * H + j0, tcn, n);
+        }
+        if (mask) {  // carry the state where the sequence is not running
+            R m = mask[tb];
+            V hp = ldn<V>(h + tb * H + j0, n);
+            cn = (cn - cp) * m + cp;
+            hn = (hn - hp) * m + hp;
+        }
+        stn(c + (tb + B) * H + j0, cn, n);
+        stn(h + (tb + B) * H + j0, hn, n);
+    });
+    std::free(P);
+    return 0;
+}
+
+template <class R>
+int lstm_backward(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates, const R *c,
+                  const R *tc, const R *mask, R clip, R *record, R *dG, R *dh0, R *dhbuf,
+                  int T, int B, int H, long min_work) {
+    typedef typename VT<R>::V V;
+    const int K = 4 * H;
+    const R one = 1;
+    // step s's elementwise part for row b, units j0 .. j0+n, given dL/dh_s arriving (rec)
+    auto elem = [&](int s, long b, int j0, int n, V rec) {
+        const long sb = long(s) * B + b;
+        R m = mask ? mask[sb] : one;
+        V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
+        if (clip >= 0) d = clamp(d, clip);
+        if (record) stn(record + sb * H + j0, d, n);
+        if (mask) stn(dhbuf + b * H + j0, d, n);
+        const R *g = gates + sb * K + j0;
+        V o = ldn<V>(g, n), i = ldn<V>(g + H, n), f = ldn<V>(g + 2 * H, n), gg = ldn<V>(g + 3 * H, n);
+        V t = ldn<V>(tc + sb * H + j0, n), cp = ldn<V>(c + sb * H + j0, n);
+        V dcb = ldn<V>(dc + b * H + j0, n);
+        V dm = d * m;
+        V d_o = dm * t * o * (one - o);              // through h = o * tanh(c), sigmoid'
+        dcb += dm * o * (one - t * t);               // dc += dh * o * (1 - tanh(c)^2)
+        V dcm = dcb * m;
+        V d_i = dcm * gg * i * (one - i);            // through c = ... + i * g
+        V d_f = dcm * cp * f * (one - f);            // through c = f * c_prev + ...
+        V d_g = dcm * i * (one - gg * gg);           // tanh'
+        dcb *= f * m + (one - m);                    // dc_prev = dc * f, or carried
+        R *dg = dG + sb * K + j0;
+        stn(dg, d_o, n), stn(dg + H, d_i, n), stn(dg + 2 * H, d_f, n), stn(dg + 3 * H, d_g, n);
+        stn(dc + b * H + j0, dcb, n);
+    };
+    auto extra = [&](int s, long b, int j0, int n) {  // masked: dh_s passes to h_{s-1}
+        return mask ? ldn<V>(dhbuf + b * H + j0, n) * (one - mask[long(s) * B + b]) : V{};
+    };
+    return backward_steps(W, dG, K, dh_n, dh0, T, B, H, min_work, elem, extra);
+}
+
+// ---- GRU, reset after the product (PyTorch's; chunks r, z, n; r and z rows halved) ----------
+
+template <class R>
+int gru_forward(const R *WxT, const R *WhT, const R *bias, const R *b_hn, const R *x, int D,
+                R *gates, R *h, R *hn, const R *mask, int T, int B, int H, long min_work) {
+    // gates and hn: NULL for inference
+    typedef typename VT<R>::V V;
+    const int G = 3;
+    R *P = pack_forward(WxT, D, WhT, H, G);
+    if (!P) return -1;
+    // acc: r, z (input + recurrent parts), the n gate's input part, its recurrent part
+    gate_steps<R, G, 6, true>(P, x, D, h, T, B, H, min_work, [&](int t, long b, int j0, int n,
+                                                                V *acc) {
+        const long tb = long(t) * B + b;
+        V a[G];
+        for (int q = 0; q < G; q++) a[q] = bias ? acc[q] + ldn<V>(bias + q * H + j0, n) : acc[q];
+        V rg = sigmoid_half(a[0]), z = sigmoid_half(a[1]);
+        V hnv = b_hn ? acc[3] + ldn<V>(b_hn + j0, n) : acc[3];  // W_hn h_prev + b_hn
+        V nn = vtanh(a[2] + rg * hnv);                           // n = tanh(a_n + r * hn)
+        V hp = ldn<V>(h + tb * H + j0, n);
+        V hnew = (hp - nn) * z + nn;                             // h = n + z * (h_prev - n)
+        if (mask) {
+            R m = mask[tb];
+            hnew = (hnew - hp) * m + hp;
+        }
+        if (gates) {
+            R *g = gates + tb * G * H + j0;
+            stn(g, rg, n), stn(g + H, z, n), stn(g + 2 * H, nn, n);
+            stn(hn + tb * H + j0, hnv, n);
+        }
+        stn(h + (tb + B) * H + j0, hnew, n);
+    });
+    std::free(P);
+    return 0;
+}
+
+template <class R>
+int gru_backward(const R *W, const R *dy, const R *dh_n, const R *gates, const R *h, const R *hn,
+                 const R *mask, R clip, R *record, R *da, R *dhp, R *dh0, R *carry, int T, int B,
+                 int H, long min_work) {
+    typedef typename VT<R>::V V;
+    const int K = 3 * H;
+    const R one = 1;
+    auto elem = [&](int s, long b, int j0, int n, V rec) {
+        const long sb = long(s) * B + b;
+        R m = mask ? mask[sb] : one;
+        V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
+        if (clip >= 0) d = clamp(d, clip);
+        if (record) stn(record + sb * H + j0, d, n);
+        const R *g = gates + sb * K + j0;
+        V rg = ldn<V>(g, n), z = ldn<V>(g + H, n), nn = ldn<V>(g + 2 * H, n);
+        V hp = ldn<V>(h + sb * H + j0, n), hnv = ldn<V>(hn + sb * H + j0, n);
+        V dm = d * m;
+        V da_n = dm * (one - nn * nn) * (one - z);        // h = (1-z) n + .., tanh'
+        V da_z = dm * (hp - nn) * z * (one - z);          // h = .. + z (h_prev - n)
+        V da_r = da_n * hnv * rg * (one - rg);            // n = tanh(.. + r hn)
+        R *a = da + sb * K + j0, *p = dhp + sb * K + j0;
+        stn(a, da_r, n), stn(a + H, da_z, n), stn(a + 2 * H, da_n, n);
+        stn(p, da_r, n), stn(p + H, da_z, n), stn(p + 2 * H, da_n * rg, n);  // d(hn) = da_n r
+        stn(carry + b * H + j0, d * (z * m + (one - m)), n);  // dh_prev += dh z, or carried
+    };
+    auto extra = [&](int, long b, int j0, int n) { return ldn<V>(carry + b * H + j0, n); };
+    return backward_steps(W, dhp, K, dh_n, dh0, T, B, H, min_work, elem, extra);
+}
+
+// ---- Elman RNN (tanh or relu) ----------------------------------------------------------------
+
+template <class R>
+int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *h,
+                const R *mask, int relu, int T, int B, int H, long min_work) {
+    typedef typename VT<R>::V V;
+    R *P = pack_units(WxT, H, D, NVB, WhT, H);
+    if (!P) return -1;
+    unit_steps<R>(
+        P, D, T, B, H, min_work, [&](int t) { return x + long(t) * B * D; },
+        [&](int t, long b, int j0, int n, V a) {
+            const long tb = long(t) * B + b;
+            if (bias) a += ldn<V>(bias + j0, n);
+            a = relu ? (a < R(0) ? V{} : a) : vtanh(a);  // as np.maximum: NaN stays NaN
+            if (mask) {
+                R m = mask[tb];
+                V hp = ldn<V>(h + tb * H + j0, n);
+                a = (a - hp) * m + hp;
+            }
+            stn(h + (tb + B) * H + j0, a, n);
+        },
+        H, [&](int t) { return h + long(t) * B * H; });
+    std::free(P);
+    return 0;
+}
+
+template <class R>
+int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *mask, int relu,
+                 R clip, R *record, R *da, R *dh0, R *carry, int T, int B, int H, long min_work) {
+    typedef typename VT<R>::V V;
+    const R one = 1;
+    auto elem = [&](int s, long b, int j0, int n, V rec) {
+        const long sb = long(s) * B + b;
+        R m = mask ? mask[sb] : one;
+        V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
+        if (clip >= 0) d = clamp(d, clip);
+        if (record) stn(record + sb * H + j0, d, n);
+        V hb = ldn<V>(h + (sb + B) * H + j0, n);
+        V dm = d * m;
+        V a = relu ? (hb > R(0) ? dm : V{}) : dm * (one - hb * hb);  // relu', tanh' = 1 - h^2
+        stn(da + sb * H + j0, a, n);
+        if (mask) stn(carry + b * H + j0, d * (one - m), n);
+    };
+    auto extra = [&](int, long b, int j0, int n) {
+        return mask ? ldn<V>(carry + b * H + j0, n) : V{};
+    };
+    return backward_steps(W, da, H, dh_n, dh0, T, B, H, min_work, elem, extra);
+}
+
+}  // namespace
+
+// ---- the C symbols (ctypes) ------------------------------------------------------------------
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+#define BOTH(X) X(float, f32) X(double, f64)
+
+#define LSTM(R, S)                                                                              \
+    EXPORT int lstm_forward_##S(const R *WxT, const R *WhT, const R *bias, const R *x, int D,   \
+                                R *gates, R *h, R *c, R *tc, const R *mask, int T, int B,       \
+                                int H, long mw) {                                               \
+        return lstm_forward<R>(WxT, WhT, bias, x, D, gates, h, c, tc, mask, T, B, H, mw);       \
+    }                                                                                           \
+    EXPORT int lstm_backward_##S(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates, \
+                                 const R *c, const R *tc, const R *mask, R clip, R *record,     \
+                                 R *dG, R *dh0, R *buf, int T, int B, int H, long mw) {         \
+        return lstm_backward<R>(W, dy, dh_n, dc, gates, c, tc, mask, clip, record, dG, dh0,    \
+                                buf, T, B, H, mw);                                              \
+    }
+#define GRU(R, S)                                                                               \
+    EXPORT int gru_forward_##S(const R *WxT, const R *WhT, const R *bias, const R *b_hn,        \
+                               const R *x, int D, R *gates, R *h, R *hn, const R *mask, int T,  \
+                               int B, int H, long mw) {                                         \
+        return gru_forward<R>(WxT, WhT, bias, b_hn, x, D, gates, h, hn, mask, T, B, H, mw);     \
+    }                                                                                           \
+    EXPORT int gru_backward_##S(const R *W, const R *dy, const R *dh_n, const R *gates,         \
+                                const R *h, const R *hn, const R *mask, R clip, R *record,      \
+                                R *da, R *dhp, R *dh0, R *buf, int T, int B, int H, long mw) {  \
+        return gru_backward<R>(W, dy, dh_n, gates, h, hn, mask, clip, record, da, dhp, dh0,    \
+                               buf, T, B, H, mw);                                               \
+    }
+#define RNN(R, S)                                                                               \
+    EXPORT int rnn_forward_##S(const R *WxT, const R *WhT, const R *bias, const R *x, int D,    \
+                               R *h, const R *mask, int relu, int T, int B, int H, long mw) {   \
+        return rnn_forward<R>(WxT, WhT, bias, x, D, h, mask, relu, T, B, H, mw);                \
+    }                                                                                           \
+    EXPORT int rnn_backward_##S(const R *W, const R *dy, const R *dh_n, const R *h,             \
+                                const R *mask, int relu, R clip, R *record, R *da, R *dh0,      \
+                                R *buf, int T, int B, int H, long mw) {                         \
+        return rnn_backward<R>(W, dy, dh_n, h, mask, relu, clip, record, da, dh0, buf, T, B,    \
+                               H, mw);                                                          \
+    }
+BOTH(LSTM)
+BOTH(GRU)
+BOTH(RNN)
+
+EXPORT int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_loops",
+                                    "bptt's fused time loops (C symbols, called through ctypes)",
+                                    -1, nullptr};
+
+PyMODINIT_FUNC PyInit__loops(void) { return PyModule_Create(&module); }
