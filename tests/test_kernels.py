@@ -271,3 +271,32 @@ def test_native_is_built_where_required():
     if os.environ.get("BPTT_REQUIRE_NATIVE") != "1":
         pytest.skip("BPTT_REQUIRE_NATIVE is not set")
     assert COMPILED["native"] is not None, "bptt.native did not import: was it built?"
+
+
+@pytest.mark.skipif(COMPILED["native"] is None, reason="backend 'native' is not available here")
+def test_native_float32_flushes_subnormal_messages_inside_its_loops_only():
+    """A vanishing float32 message underflows: the native loops flush it to zero (a subnormal
+    costs microcode cycles at every step), the reference keeps IEEE subnormals; every value
+    above the subnormal range agrees, and the process's own float mode is left as it was."""
+    rng = np.random.default_rng(11)
+    T, B, H = 60, 2, 16
+    w = {"weight_ih": (0.05 * rng.standard_normal((H, H))).astype(np.float32),
+         "weight_hh": (0.05 * rng.standard_normal((H, H))).astype(np.float32),
+         "bias_ih": None, "bias_hh": None}
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    dy = np.zeros((T, B, H), np.float32)
+    dy[-1] = 1.0                                   # one loss at the end, read back 60 steps
+    h0 = np.zeros((B, H), np.float32)
+    out = []
+    for mod in (rnn, COMPILED["native"].rnn):
+        _, _, tape = mod.forward(x, h0, w)
+        record = np.zeros((T, B, H), np.float32)   # the messages dL/dh_t, as the loops made them
+        mod.backward(dy, np.zeros((B, H), np.float32), tape, record=record)
+        out.append(record)
+    ref, nat = out
+    tiny = np.finfo(np.float32).tiny
+    assert ((ref != 0) & (np.abs(ref) < tiny)).any()          # the reference went subnormal
+    assert not ((nat != 0) & (np.abs(nat) < tiny)).any()      # the native loops did not
+    big = np.abs(ref) > 1e-30
+    assert big.sum() > B * H and rel_err(nat[big], ref[big]) < 1e-4
+    assert np.float32(1e-38) / np.float32(10) != 0            # still IEEE out here
