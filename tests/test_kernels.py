@@ -300,3 +300,20 @@ def test_native_float32_flushes_subnormal_messages_inside_its_loops_only():
     big = np.abs(ref) > 1e-30
     assert big.sum() > B * H and rel_err(nat[big], ref[big]) < 1e-4
     assert np.float32(1e-38) / np.float32(10) != 0            # still IEEE out here
+
+
+@pytest.mark.skipif(COMPILED["native"] is None, reason="backend 'native' is not available here")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_products_equal_numpy(dtype):
+    """The backward's products outside the loop (row blocks on the native threads, one BLAS call
+    each, A and B plain or transposed views) equal NumPy's."""
+    native = COMPILED["native"]
+    rng = np.random.default_rng(5)
+    dG = rng.standard_normal((301, 96)).astype(dtype)
+    x = rng.standard_normal((301, 70)).astype(dtype)
+    W = rng.standard_normal((96, 70)).astype(dtype)
+    pairs = [(dG, W), (dG.T, x), (dG.T[:, ::1], x), (x.T, dG)]
+    assert sum(a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs) >= native._SMALL_PRODUCTS
+    for got, (a, b) in zip(native.matmuls(pairs), pairs):
+        assert got.shape == (a.shape[0], b.shape[1])
+        assert rel_err(got, a @ b) < (1e-5 if dtype == np.float32 else 1e-13)

@@ -162,7 +162,7 @@ class RecurrentLayer:
             raise TypeError(f"{name}: expected {what} of real numbers, got dtype {arr.dtype}")
         return np.ascontiguousarray(arr, dtype=self.dtype)
 
-    def _check_x(self, x):
+    def _check_x(self, x, copy=True):
         name = type(self).__name__
         x = self._real_array("x", x)
         axes = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -178,6 +178,8 @@ class RecurrentLayer:
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         # a private copy: the tape keeps x, and the caller may reuse its array before backward
+        if not copy:
+            return np.ascontiguousarray(x, dtype=self.dtype)
         return np.array(x, dtype=self.dtype, order="C", copy=True)
 
     def _check_lengths(self, lengths, T, B):
@@ -246,7 +248,7 @@ class RecurrentLayer:
         budget (``bptt.strategies``), whose cost is ``tape.plan``. The inputs of each layer are
         kept as they are without it. Such a tape can be backpropagated once.
         """
-        x = self._check_x(x)
+        x = self._check_x(x, copy=tape is not False)  # with no tape, nothing keeps x
         T, B, _ = x.shape
         lengths, mask, rev = self._check_lengths(lengths, T, B)
         states0 = self._check_state(h0, "h0", B)

@@ -47,3 +47,9 @@ def step_mask(mask, T):
     if mask is None:
         return None, None
     return mask, 1.0 - mask
+
+
+def matmuls(pairs):
+    """[a @ b for a, b in pairs]: the products of a backward pass outside its time loop (the
+    compiled backends pass their own, which runs them together on their threads)."""
+    return [a @ b for a, b in pairs]

@@ -18,7 +18,7 @@ gives both sigmoids (see ``gates.half_sigmoid_rows``).
 
 import numpy as np
 
-from .gates import half_sigmoid_rows, sigmoid
+from .gates import half_sigmoid_rows, matmuls, sigmoid
 
 G = 3
 ORDER = [0, 1, 2]
@@ -240,20 +240,23 @@ def _backward_reset_before(dy, dh_n, tape, clip, record):
     return dx, rec, grads
 
 
-def input_and_weight_grads(da, dhp, tape):
+def input_and_weight_grads(da, dhp, tape, matmuls=matmuls):
     """dx and the parameter grads from da = dL/d(input projection) and, for reset_after,
     dhp = dL/d(W_hh h_{t-1} + b_hh), each (T, B, 3H) in any layout that reshapes so; without
     reset_after (dhp None), W_hn's gradient comes from da's n chunk and hn = r * h_{t-1}.
-    One GEMM each over all T*B rows."""
+    One GEMM each over all T*B rows (``matmuls`` runs those of reset_after)."""
     x, h, hn = tape["x"], tape["h"], tape["hn"]
     T, B, H = hn.shape
     da2d = da.reshape(T * B, G * H)
-    dx = (da2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {"weight_ih": da2d.T @ x.reshape(T * B, -1)}
     if dhp is not None:
         dhp2d = dhp.reshape(T * B, G * H)
-        grads["weight_hh"] = dhp2d.T @ h[:-1].reshape(T * B, H)
+        dx, dW_ih, dW_hh = matmuls([(da2d, tape["W_ih"]), (da2d.T, x.reshape(T * B, -1)),
+                                    (dhp2d.T, h[:-1].reshape(T * B, H))])
+        dx = dx.reshape(x.shape)
+        grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
     else:
+        dx = (da2d @ tape["W_ih"]).reshape(x.shape)
+        grads = {"weight_ih": da2d.T @ x.reshape(T * B, -1)}
         grads["weight_hh"] = np.concatenate([
             da2d[:, : 2 * H].T @ h[:-1].reshape(T * B, H),
             da2d[:, 2 * H:].T @ hn.reshape(T * B, H),

@@ -20,7 +20,7 @@ handful of ufunc calls and one GEMM.
 
 import numpy as np
 
-from .gates import chunk_rows, half_sigmoid_rows, sigmoid, unorder
+from .gates import chunk_rows, half_sigmoid_rows, matmuls, sigmoid, unorder
 
 G = 4
 ORDER = [3, 0, 1, 2]  # internal chunk k holds PyTorch's chunk ORDER[k]: o, i, f, g
@@ -175,17 +175,16 @@ def backward(dy, dstate_n, tape, clip=None, record=None):
     return dx, (rec, dc), grads
 
 
-def input_and_weight_grads(dG, tape):
+def input_and_weight_grads(dG, tape, matmuls=matmuls):
     """dx and the parameter grads (PyTorch's row order) from dL/d(pre-activation) dG
-    (T, B, 4, H) of every step: one GEMM each over all T*B rows."""
+    (T, B, 4, H) of every step: one GEMM each over all T*B rows (``matmuls`` runs them)."""
     x, h = tape["x"], tape["h"]
     T, B, _, H = dG.shape
     dG2d = dG.reshape(T * B, G * H)
-    dx = (dG2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {
-        "weight_ih": unorder(dG2d.T @ x.reshape(T * B, -1), ORDER, H),
-        "weight_hh": unorder(dG2d.T @ h[:-1].reshape(T * B, H), ORDER, H),
-    }
+    dx, dW_ih, dW_hh = matmuls([(dG2d, tape["W_ih"]), (dG2d.T, x.reshape(T * B, -1)),
+                                (dG2d.T, h[:-1].reshape(T * B, H))])
+    dx = dx.reshape(x.shape)
+    grads = {"weight_ih": unorder(dW_ih, ORDER, H), "weight_hh": unorder(dW_hh, ORDER, H)}
     if tape["bias"]:
         db = unorder(dG2d.sum(axis=0), ORDER, H)
         grads["bias_ih"] = db

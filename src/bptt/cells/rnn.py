@@ -8,6 +8,8 @@ Shapes: x (T, B, D); h (B, H); weight_ih (H, D), weight_hh (H, H), biases (H,). 
 
 import numpy as np
 
+from .gates import matmuls
+
 NONLINEARITIES = ("tanh", "relu")
 
 
@@ -101,17 +103,16 @@ def backward(dy, dh_n, tape, clip=None, record=None):
     return dx, rec, grads
 
 
-def input_and_weight_grads(da, tape):
+def input_and_weight_grads(da, tape, matmuls=matmuls):
     """dx and the parameter grads from dL/da (T, B, H) of every step: one GEMM each over all
-    T*B rows (cuDNN's backward-weights)."""
+    T*B rows (cuDNN's backward-weights; ``matmuls`` runs them)."""
     x, h = tape["x"], tape["h"]
     T, B, H = da.shape
     da2d = da.reshape(T * B, H)
-    dx = (da2d @ tape["W_ih"]).reshape(x.shape)
-    grads = {
-        "weight_ih": da2d.T @ x.reshape(T * B, -1),
-        "weight_hh": da2d.T @ h[:-1].reshape(T * B, H),
-    }
+    dx, dW_ih, dW_hh = matmuls([(da2d, tape["W_ih"]), (da2d.T, x.reshape(T * B, -1)),
+                                (da2d.T, h[:-1].reshape(T * B, H))])
+    dx = dx.reshape(x.shape)
+    grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
     if tape["bias"]:
         grads["bias_ih"] = da2d.sum(axis=0)
         grads["bias_hh"] = grads["bias_ih"].copy()

@@ -62,6 +62,71 @@ def call(name, dtype, *args):
         raise MemoryError(f"bptt.native: {name} could not allocate its packed weights")
 
 
+def _numpy_blas():
+    """NumPy's own OpenBLAS (the scipy-openblas64 of NumPy's wheels): the addresses of its
+    cblas s/dgemm and of openblas_set_num_threads_local, or None where NumPy has another BLAS
+    (then the products go through NumPy)."""
+    folder = os.path.dirname(np.__file__) + ".libs"
+    try:
+        path = next(os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                    if f.startswith("libscipy_openblas64_") and ".so" in f)
+        blas = ctypes.CDLL(path)  # already loaded by NumPy: this only opens a handle
+        addr = {np.dtype(np.float32): blas.scipy_cblas_sgemm64_,
+                np.dtype(np.float64): blas.scipy_cblas_dgemm64_}
+        local = blas.openblas_set_num_threads_local
+    except (OSError, StopIteration, AttributeError):
+        return None
+    as_int = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    return {k: as_int(v) for k, v in addr.items()}, as_int(local)
+
+
+_BLAS = None if os.environ.get("BPTT_NATIVE_NUMPY_PRODUCTS") else _numpy_blas()
+_SMALL_PRODUCTS = 1 << 20  # multiply-adds: below, one NumPy call each costs less than threads
+for _suffix, _dt in (("f32", np.float32), ("f64", np.float64)):
+    _f = getattr(_lib, f"gemms_{_suffix}")
+    _f.restype = None
+    _f.argtypes = [_P, _P, _I, _P, _P]
+    _FUNCS["gemms", np.dtype(_dt)] = _f
+
+
+def _layout(a):
+    """(transposed, leading dimension) of a 2-D array as row-major BLAS reads it."""
+    if a.flags.c_contiguous:
+        return 0, a.shape[1]
+    if a.T.flags.c_contiguous:
+        return 1, a.shape[0]
+    return None
+
+
+def matmuls(pairs):
+    """[a @ b for a, b in pairs], each product cut in row blocks that run together on this
+    backend's threads, one NumPy-BLAS call each (see ``gemms`` in ``_loops.cpp``)."""
+    work = sum(a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
+    dt = pairs[0][0].dtype
+    if _BLAS is None or work < _SMALL_PRODUCTS or any(
+            a.dtype != dt or b.dtype != dt or _layout(a) is None or _layout(b) is None
+            for a, b in pairs):
+        return [a @ b for a, b in pairs]
+    n = max(1, _lib.max_threads())
+    size = dt.itemsize
+    outs, desc, ptrs = [], [], []
+    for a, b in pairs:
+        (M, K), N = a.shape, b.shape[1]
+        (ta, lda), (tb, ldb) = _layout(a), _layout(b)
+        out = np.empty((M, N), dt)
+        for i in range(n):
+            m0, m1 = M * i // n, M * (i + 1) // n
+            if m1 > m0:
+                desc += [ta, tb, m1 - m0, N, K, lda, ldb, N]
+                ptrs += [a.ctypes.data + (m0 if ta else m0 * lda) * size, b.ctypes.data,
+                         out.ctypes.data + m0 * N * size]
+        outs.append(out)
+    d = np.array(desc, np.int64)
+    p = np.array(ptrs, np.uint64)
+    _FUNCS["gemms", dt](_BLAS[0][dt], _BLAS[1], len(ptrs) // 3, d.ctypes.data, p.ctypes.data)
+    return outs
+
+
 def transposed(w, dtype=None):
     """w.T, C-contiguous (the loops pack it once per call)."""
     return np.ascontiguousarray(w.T, dtype)

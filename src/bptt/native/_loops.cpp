@@ -380,7 +380,8 @@ int backward_steps(const R *W, const R *dA, int K, const R *dh_n, R *dh0, int T,
 template <class R>
 int lstm_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *gates, R *h,
                  R *c, R *tc, const R *mask, int T, int B, int H, long min_work) {
-    // gates and tc: NULL for inference, where nothing is kept for a backward pass
+    // gates and tc: NULL for inference, where nothing is kept for a backward pass and c holds
+    // two rows, not T + 1
     typedef typename VT<R>::V V;
     const int G = 4;
     R *P = pack_forward(WxT, D, WhT, H, G);
@@ -390,7 +391,10 @@ int lstm_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R
         V a[G];
         for (int q = 0; q < G; q++) a[q] = bias ? acc[q] + ldn<V>(bias + q * H + j0, n) : acc[q];
         V o = sigmoid_half(a[0]), i = sigmoid_half(a[1]), f = sigmoid_half(a[2]), gg = vtanh(a[3]);
-        V cp = ldn<V>(c + tb * H + j0, n);
+        // inference keeps two rows of c, alternating (c is (2, B, H)); training all T + 1
+        R *c_prev = c + ((gates ? t : t & 1) * long(B) + b) * H + j0;
+        R *c_next = c + ((gates ? t + 1 : (t + 1) & 1) * long(B) + b) * H + j0;
+        V cp = ldn<V>(c_prev, n);
         V cn = f * cp + i * gg;              // c = f * c_prev + i * g
         V tcn = vtanh(cn);
         V hn = o * tcn;                      // h = o * tanh(c)
@@ -405,7 +409,7 @@ int lstm_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R
             cn = (cn - cp) * m + cp;
             hn = (hn - hp) * m + hp;
         }
-        stn(c + (tb + B) * H + j0, cn, n);
+        stn(c_next, cn, n);
         stn(h + (tb + B) * H + j0, hn, n);
     });
     std::free(P);
@@ -563,6 +567,43 @@ int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *ma
     return backward_steps(W, da, H, dh_n, dh0, T, B, H, min_work, elem, extra);
 }
 
+// ---- the products outside the time loops ------------------------------------------------------
+
+// Runs GEMM tasks (row blocks of the backward's dx and weight gradients) on this library's
+// OpenMP threads, each task one call of the caller's BLAS (NumPy's OpenBLAS, ILP64 cblas) with
+// that BLAS held to one thread for the calling thread. So no second thread pool spins on the
+// cores that the time loops use. d holds 8 longs a task (transA, transB, M, N, K, lda, ldb,
+// ldc), p 3 pointers (A, B, C); alpha 1, beta 0, row-major.
+template <class R>
+void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, void *const *p) {
+    typedef void (*gemm_t)(int, int, int, long, long, long, R, const R *, long, const R *, long,
+                           R, R *, long);
+    typedef int (*local_t)(int);
+    gemm_t gemm = reinterpret_cast<gemm_t>(gemm_fn);
+    local_t local = reinterpret_cast<local_t>(set_threads_local);
+    enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
+    auto task = [&](int i) {
+        const long *t = d + 8 * i;
+        gemm(RowMajor, t[0] ? Trans : NoTrans, t[1] ? Trans : NoTrans, t[2], t[3], t[4], R(1),
+             static_cast<const R *>(p[3 * i]), t[5], static_cast<const R *>(p[3 * i + 1]), t[6],
+             R(0), static_cast<R *>(p[3 * i + 2]), t[7]);
+    };
+    int nt = threads_for(1, ntasks, 0);
+#ifdef _OPENMP
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        {
+            int saved = local(1);
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < ntasks; i++) task(i);
+            local(saved);
+        }
+        return;
+    }
+#endif
+    for (int i = 0; i < ntasks; i++) task(i);
+}
+
 }  // namespace
 
 // ---- the C symbols (ctypes) ------------------------------------------------------------------
@@ -605,9 +646,14 @@ int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *ma
         return rnn_backward<R>(W, dy, dh_n, h, mask, relu, clip, record, da, dh0, buf, T, B,    \
                                H, mw);                                                          \
     }
+#define GEMMS(R, S)                                                                             \
+    EXPORT void gemms_##S(void *fn, void *local, int ntasks, const long *d, void *const *p) {   \
+        gemms<R>(fn, local, ntasks, d, p);                                                      \
+    }
 BOTH(LSTM)
 BOTH(GRU)
 BOTH(RNN)
+BOTH(GEMMS)
 
 EXPORT int max_threads() {
 #ifdef _OPENMP

@@ -8,7 +8,7 @@ import numpy as np
 from ..cells import gru as _reference
 from ..cells.gru import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.gru import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, transposed
+from . import call, clip_value, mask_or_none, matmuls, transposed
 
 
 def forward(x, h0, weights, mask=None, reset_after=True):
@@ -55,5 +55,6 @@ def backward(dy, dh_n, tape, clip=None, record=None):
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), gates,
          h, hn, mask_or_none(tape["mask"], dt), clip_value(clip, dt),
          record, da, dhp, dh0, buf, T, B, H)
-    dx, grads = input_and_weight_grads(da.reshape(T, B, G * H), dhp.reshape(T, B, G * H), tape)
+    dx, grads = input_and_weight_grads(da.reshape(T, B, G * H), dhp.reshape(T, B, G * H), tape,
+                                       matmuls)
     return dx, dh0, grads

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.lstm import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, transposed
+from . import call, clip_value, mask_or_none, matmuls, transposed
 
 
 def forward(x, state0, weights, mask=None):
@@ -24,11 +24,13 @@ def _forward(x, state0, weights, mask, keep):
     H = state0[0].shape[1]
     x = np.ascontiguousarray(x)
     gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(x, state0, weights)
+    if not keep:  # two rows of c, alternating
+        c = np.array(c[:2])
     call("lstm_forward", x.dtype, transposed(W_ih_half), transposed(W_hh_half),
          bias, x, D, gates if keep else None, h, c,
          tanh_c if keep else None, mask_or_none(mask, x.dtype), T, B, H)
     if not keep:
-        return (h[1:] if mask is None else h[1:] * mask), (h[-1], c[-1])
+        return (h[1:] if mask is None else h[1:] * mask), (h[-1], c[T & 1])
     return finish_forward(x, h, c, tanh_c, gates, W_ih, W_hh, weights, mask)
 
 
@@ -47,5 +49,5 @@ def backward(dy, dstate_n, tape, clip=None, record=None):
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), dc,
          gates, c, tanh_c, m, clip_value(clip, dt), record, dG,
          dh0, buf, T, B, H)
-    dx, grads = input_and_weight_grads(dG, tape)
+    dx, grads = input_and_weight_grads(dG, tape, matmuls)
     return dx, (dh0, dc), grads

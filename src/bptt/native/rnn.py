@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cells.rnn import NONLINEARITIES, step  # noqa: F401 (re-exported: the reference step)
 from ..cells.rnn import finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, transposed
+from . import call, clip_value, mask_or_none, matmuls, transposed
 
 
 def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
@@ -51,5 +51,5 @@ def backward(dy, dh_n, tape, clip=None, record=None):
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), h, m,
          int(tape["relu"]), clip_value(clip, dt), record, da, dh0, buf,
          T, B, H)
-    dx, grads = input_and_weight_grads(da, tape)
+    dx, grads = input_and_weight_grads(da, tape, matmuls)
     return dx, dh0, grads
