@@ -135,6 +135,34 @@ def test_config_rejects_bad_values():
         TrainConfig(steps=None, minutes=None)
     with pytest.raises(ValueError, match="clip_mode"):
         TrainConfig(clip_mode="sometimes")
+    with pytest.raises(ValueError, match="expected backend one of auto, numpy, numba, native, "
+                                         "got 'gpu'"):
+        TrainConfig(backend="gpu")
+
+
+def test_backends_train_the_same_model():
+    """A char-LM model's outputs and gradients are the same on every backend (float64)."""
+    import importlib
+    cfg = dict(hidden=12, layers=2, embed=5, k1=6, batch=3, steps=1, dtype="float64")
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 11, size=(7, 3))
+    out = {}
+    for backend in ("numpy", "native", "numba"):
+        if backend != "numpy":
+            try:
+                importlib.import_module({"native": "bptt.native", "numba": "bptt.kernels"}[backend])
+            except ImportError:
+                continue
+        model = build_model(TrainConfig(backend=backend, **cfg), 11)
+        logits, _, tape = model.forward(ids[:-1])
+        _, grads = model.backward(np.cos(logits), tape)     # any upstream gradient will do
+        out[backend] = (logits.sum(), grads)
+    ref_loss, ref = out.pop("numpy")
+    assert out, "no compiled backend here to compare"
+    for loss, grads in out.values():
+        assert abs(loss - ref_loss) < 1e-12
+        for k in ref:
+            assert np.abs(grads[k] - ref[k]).max() <= 1e-11 * max(1.0, np.abs(ref[k]).max())
 
 
 # ---------------------------------------------------------------------- the command line

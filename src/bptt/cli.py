@@ -51,6 +51,8 @@ CHARLM_OPTIONS = {   # option -> (type, help); defaults come from TrainConfig, i
     "log_every": (int, "log a metrics line every N steps"),
     "seed": (int, "seed for initialisation and dropout"),
     "dtype": (str, "float32 or float64"),
+    "backend": (str, "the cells' time loops: numpy (the reference), native (C++, built at "
+                     "install), numba, or auto (the first of native, numba, numpy available)"),
 }
 _NO_STEP_BUDGET = object()
 SAMPLE_CONTEXT = 1000   # characters of the validation split read before sampling

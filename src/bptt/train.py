@@ -27,6 +27,7 @@ from . import checkpoint
 from .clip import ClipLog, clip_grad_norm, clip_grad_value
 from .losses import softmax_cross_entropy
 from .model import Model
+from .layers import BACKENDS
 from .optim import Schedule, build_optimizer
 
 LN2 = math.log(2.0)
@@ -60,6 +61,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     dtype: str = "float32"
+    backend: str = "numpy"         # the cells' time loops: numpy, native, numba or auto
     progress: bool = True
 
     def __post_init__(self):
@@ -87,6 +89,9 @@ class TrainConfig:
             raise ValueError(f"train: expected clip_mode 'norm' or 'value', got {self.clip_mode!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"train: expected dtype float32 or float64, got {self.dtype!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"train: expected backend one of {', '.join(BACKENDS)}, got "
+                             f"{self.backend!r}")
 
     @property
     def window(self):
@@ -96,7 +101,7 @@ class TrainConfig:
 def build_model(cfg, vocab_size):
     return Model(vocab_size, cfg.hidden, vocab_size, cell=cfg.cell, input="embedding",
                  embed_size=cfg.embed, num_layers=cfg.layers, dropout=cfg.dropout, head="step",
-                 dtype=cfg.dtype, seed=cfg.seed)
+                 dtype=cfg.dtype, seed=cfg.seed, backend=cfg.backend)
 
 
 def build_schedule(cfg):
