@@ -240,28 +240,41 @@ def _backward_reset_before(dy, dh_n, tape, clip, record):
     return dx, rec, grads
 
 
-def input_and_weight_grads(da, dhp, tape, matmuls=matmuls):
+def input_and_weight_grads(da, dhp, tape, matmuls=matmuls, dhp_n=None):
     """dx and the parameter grads from da = dL/d(input projection) and, for reset_after,
-    dhp = dL/d(W_hh h_{t-1} + b_hh), each (T, B, 3H) in any layout that reshapes so; without
-    reset_after (dhp None), W_hn's gradient comes from da's n chunk and hn = r * h_{t-1}.
-    One GEMM each over all T*B rows (``matmuls`` runs those of reset_after)."""
+    dhp = dL/d(W_hh h_{t-1} + b_hh), each (T, B, 3H) in any layout that reshapes so; or, in
+    place of dhp, its n chunk alone, dhp_n (T, B, H) (its r and z chunks are da's). Without
+    reset_after (dhp and dhp_n None), W_hn's gradient comes from da's n chunk and
+    hn = r * h_{t-1}. One GEMM each over all T*B rows (``matmuls`` runs those of reset_after)."""
     x, h, hn = tape["x"], tape["h"], tape["hn"]
     T, B, H = hn.shape
     da2d = da.reshape(T * B, G * H)
-    if dhp is not None:
+    h2d = h[:-1].reshape(T * B, H)
+    if dhp_n is not None:
+        dx, dW_ih, dW_rz, dW_n = matmuls([(da2d, tape["W_ih"]), (da2d.T, x.reshape(T * B, -1)),
+                                          (da2d[:, : 2 * H].T, h2d),
+                                          (dhp_n.reshape(T * B, H).T, h2d)])
+        grads = {"weight_ih": dW_ih, "weight_hh": np.concatenate([dW_rz, dW_n])}
+    elif dhp is not None:
         dhp2d = dhp.reshape(T * B, G * H)
         dx, dW_ih, dW_hh = matmuls([(da2d, tape["W_ih"]), (da2d.T, x.reshape(T * B, -1)),
-                                    (dhp2d.T, h[:-1].reshape(T * B, H))])
-        dx = dx.reshape(x.shape)
+                                    (dhp2d.T, h2d)])
         grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
     else:
-        dx = (da2d @ tape["W_ih"]).reshape(x.shape)
+        dx = da2d @ tape["W_ih"]
         grads = {"weight_ih": da2d.T @ x.reshape(T * B, -1)}
         grads["weight_hh"] = np.concatenate([
-            da2d[:, : 2 * H].T @ h[:-1].reshape(T * B, H),
+            da2d[:, : 2 * H].T @ h2d,
             da2d[:, 2 * H:].T @ hn.reshape(T * B, H),
         ])
+    dx = dx.reshape(x.shape)
     if tape["bias"]:
         grads["bias_ih"] = da2d.sum(axis=0)
-        grads["bias_hh"] = dhp2d.sum(axis=0) if dhp is not None else grads["bias_ih"].copy()
+        if dhp_n is not None:
+            grads["bias_hh"] = np.concatenate([grads["bias_ih"][: 2 * H],
+                                               dhp_n.reshape(T * B, H).sum(axis=0)])
+        elif dhp is not None:
+            grads["bias_hh"] = dhp2d.sum(axis=0)
+        else:
+            grads["bias_hh"] = grads["bias_ih"].copy()
     return dx, grads

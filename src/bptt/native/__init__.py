@@ -90,11 +90,14 @@ for _suffix, _dt in (("f32", np.float32), ("f64", np.float64)):
 
 
 def _layout(a):
-    """(transposed, leading dimension) of a 2-D array as row-major BLAS reads it."""
-    if a.flags.c_contiguous:
-        return 0, a.shape[1]
-    if a.T.flags.c_contiguous:
-        return 1, a.shape[0]
+    """(transposed, leading dimension) of a 2-D array as row-major BLAS reads it: unit stride
+    along one axis (a view of column or row blocks will do); None if neither."""
+    size = a.itemsize
+    rows, cols = a.strides
+    if cols == size and rows % size == 0 and rows // size >= max(1, a.shape[1]):
+        return 0, rows // size
+    if rows == size and cols % size == 0 and cols // size >= max(1, a.shape[0]):
+        return 1, cols // size
     return None
 
 

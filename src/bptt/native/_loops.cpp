@@ -316,13 +316,13 @@ void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, 
 }
 
 // Unit panels of NVB blocks of L units (pack_units): every step i with a(i) not null, for each
-// row block and panel, the tile [a(i), a2(i)][rows] @ P (K + K2 deep) and
+// row block and panel, the tile [a(i), a2(i)][rows] @ P (K + K2 deep; rows lda, lda2 apart) and
 // epi(i, b, j0, n, rec) on each row and block of units; a step with a(i) null calls epi with
 // rec = 0 (nothing to multiply).
 constexpr int NVB = 2;
 template <class R, class A, class Epi, class A2>
-void unit_steps(const R *P, int K, int nsteps, int B, int H, long min_work, A a, Epi epi,
-                int K2, A2 a2) {
+void unit_steps(const R *P, int K, long lda, int nsteps, int B, int H, long min_work, A a,
+                Epi epi, int K2, long lda2, A2 a2) {
     typedef typename VT<R>::V V;
     const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
     int nt = threads_for(long(B) * (K + K2) * H, npan, min_work);
@@ -338,7 +338,7 @@ void unit_steps(const R *P, int K, int nsteps, int B, int H, long min_work, A a,
             }
             rows<8>(B, [&]<int M>(int b0) {
                 V acc[M][NVB];
-                tile<R, M, NVB>(K, Ai + long(b0) * K, K, K2, A2i + long(b0) * K2, K2,
+                tile<R, M, NVB>(K, Ai + b0 * lda, lda, K2, A2i + b0 * lda2, lda2,
                                 P + long(jp) * (K + K2) * NVB * L, acc);
                 for (int r = 0; r < M; r++)
                     for (int v = 0; v < NVB && (jp * NVB + v) * L < H; v++) {
@@ -352,17 +352,19 @@ void unit_steps(const R *P, int K, int nsteps, int B, int H, long min_work, A a,
 
 // The backward loop every cell shares. Step i = 0 runs step T-1's elementwise part from dh_n;
 // step i = T - s (s = T-1 .. 0) multiplies the gradients of step s's pre-activations, dA[s]
-// (B, K), by W_hh, which gives dL/dh_{s-1} (plus extra(s, b, j0, n): what reaches h_{s-1}
+// (B rows of K, lda apart; and dA2[s], K2 more columns, where they are kept apart), by
+// W_hh (K + K2 rows), which gives dL/dh_{s-1} (plus extra(s, b, j0, n): what reaches h_{s-1}
 // around the product), and runs step s-1's elementwise part on it (dh0 after step 0).
 template <class R, class Elem, class Extra>
-int backward_steps(const R *W, const R *dA, int K, const R *dh_n, R *dh0, int T, int B, int H,
-                   long min_work, Elem elem, Extra extra) {
+int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K2, long lda2,
+                   const R *dh_n, R *dh0, int T, int B, int H, long min_work, Elem elem,
+                   Extra extra) {
     typedef typename VT<R>::V V;
-    R *P = pack_units(W, H, K, NVB);
+    R *P = pack_units(W, H, K + K2, NVB);
     if (!P) return -1;
     unit_steps<R>(
-        P, K, T + 1, B, H, min_work,
-        [&](int i) { return i == 0 ? nullptr : dA + long(T - i) * B * K; },
+        P, K, lda, T + 1, B, H, min_work,
+        [&](int i) { return i == 0 ? nullptr : dA + long(T - i) * B * lda; },
         [&](int i, long b, int j0, int n, V rec) {
             if (i == 0) return elem(T - 1, b, j0, n, ldn<V>(dh_n + b * H + j0, n));
             const int s = T - i;
@@ -370,7 +372,7 @@ int backward_steps(const R *W, const R *dA, int K, const R *dh_n, R *dh0, int T,
             if (s > 0) elem(s - 1, b, j0, n, rec);
             else stn(dh0 + b * H + j0, rec, n);
         },
-        0, [](int) { return static_cast<const R *>(nullptr); });
+        K2, lda2, [&](int i) { return i == 0 || !dA2 ? dA2 : dA2 + long(T - i) * B * lda2; });
     std::free(P);
     return 0;
 }
@@ -450,7 +452,8 @@ int lstm_backward(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates,
     auto extra = [&](int s, long b, int j0, int n) {  // masked: dh_s passes to h_{s-1}
         return mask ? ldn<V>(dhbuf + b * H + j0, n) * (one - mask[long(s) * B + b]) : V{};
     };
-    return backward_steps(W, dG, K, dh_n, dh0, T, B, H, min_work, elem, extra);
+    return backward_steps(W, dG, K, K, static_cast<const R *>(nullptr), 0, 0, dh_n, dh0, T, B,
+                          H, min_work, elem, extra);
 }
 
 // ---- GRU, reset after the product (PyTorch's; chunks r, z, n; r and z rows halved) ----------
@@ -491,8 +494,10 @@ int gru_forward(const R *WxT, const R *WhT, const R *bias, const R *b_hn, const 
 
 template <class R>
 int gru_backward(const R *W, const R *dy, const R *dh_n, const R *gates, const R *h, const R *hn,
-                 const R *mask, R clip, R *record, R *da, R *dhp, R *dh0, R *carry, int T, int B,
-                 int H, long min_work) {
+                 const R *mask, R clip, R *record, R *da, R *dhp_n, R *dh0, R *carry, int T,
+                 int B, int H, long min_work) {
+    // dL/d(W_hh h_prev + b_hh) is da for the r and z chunks; only its n chunk, da_n * r, is
+    // kept apart (dhp_n, (T, B, H)), and the product reads the two where they lie
     typedef typename VT<R>::V V;
     const int K = 3 * H;
     const R one = 1;
@@ -509,13 +514,14 @@ int gru_backward(const R *W, const R *dy, const R *dh_n, const R *gates, const R
         V da_n = dm * (one - nn * nn) * (one - z);        // h = (1-z) n + .., tanh'
         V da_z = dm * (hp - nn) * z * (one - z);          // h = .. + z (h_prev - n)
         V da_r = da_n * hnv * rg * (one - rg);            // n = tanh(.. + r hn)
-        R *a = da + sb * K + j0, *p = dhp + sb * K + j0;
+        R *a = da + sb * K + j0;
         stn(a, da_r, n), stn(a + H, da_z, n), stn(a + 2 * H, da_n, n);
-        stn(p, da_r, n), stn(p + H, da_z, n), stn(p + 2 * H, da_n * rg, n);  // d(hn) = da_n r
+        stn(dhp_n + sb * H + j0, da_n * rg, n);                    // d(hn) = da_n r
         stn(carry + b * H + j0, d * (z * m + (one - m)), n);  // dh_prev += dh z, or carried
     };
     auto extra = [&](int, long b, int j0, int n) { return ldn<V>(carry + b * H + j0, n); };
-    return backward_steps(W, dhp, K, dh_n, dh0, T, B, H, min_work, elem, extra);
+    return backward_steps(W, da, 2 * H, K, static_cast<const R *>(dhp_n), H, H, dh_n, dh0, T,
+                          B, H, min_work, elem, extra);
 }
 
 // ---- Elman RNN (tanh or relu) ----------------------------------------------------------------
@@ -527,7 +533,7 @@ int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R 
     R *P = pack_units(WxT, H, D, NVB, WhT, H);
     if (!P) return -1;
     unit_steps<R>(
-        P, D, T, B, H, min_work, [&](int t) { return x + long(t) * B * D; },
+        P, D, D, T, B, H, min_work, [&](int t) { return x + long(t) * B * D; },
         [&](int t, long b, int j0, int n, V a) {
             const long tb = long(t) * B + b;
             if (bias) a += ldn<V>(bias + j0, n);
@@ -539,7 +545,7 @@ int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R 
             }
             stn(h + (tb + B) * H + j0, a, n);
         },
-        H, [&](int t) { return h + long(t) * B * H; });
+        H, H, [&](int t) { return h + long(t) * B * H; });
     std::free(P);
     return 0;
 }
@@ -564,7 +570,8 @@ int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *ma
     auto extra = [&](int, long b, int j0, int n) {
         return mask ? ldn<V>(carry + b * H + j0, n) : V{};
     };
-    return backward_steps(W, da, H, dh_n, dh0, T, B, H, min_work, elem, extra);
+    return backward_steps(W, da, H, H, static_cast<const R *>(nullptr), 0, 0, dh_n, dh0, T, B,
+                          H, min_work, elem, extra);
 }
 
 // ---- the products outside the time loops ------------------------------------------------------
@@ -631,8 +638,8 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
     }                                                                                           \
     EXPORT int gru_backward_##S(const R *W, const R *dy, const R *dh_n, const R *gates,         \
                                 const R *h, const R *hn, const R *mask, R clip, R *record,      \
-                                R *da, R *dhp, R *dh0, R *buf, int T, int B, int H, long mw) {  \
-        return gru_backward<R>(W, dy, dh_n, gates, h, hn, mask, clip, record, da, dhp, dh0,    \
+                                R *da, R *dhp_n, R *dh0, R *buf, int T, int B, int H, long mw) {\
+        return gru_backward<R>(W, dy, dh_n, gates, h, hn, mask, clip, record, da, dhp_n, dh0,  \
                                buf, T, B, H, mw);                                               \
     }
 #define RNN(R, S)                                                                               \

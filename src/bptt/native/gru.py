@@ -48,13 +48,12 @@ def backward(dy, dh_n, tape, clip=None, record=None):
     T, B, _, H = gates.shape
     dt = h.dtype
     da = np.empty((T, B, G, H), dt)
-    dhp = np.empty((T, B, G, H), dt)
+    dhp_n = np.empty((T, B, H), dt)   # the n chunk of dL/d(W_hh h_prev + b_hh); r, z: da's
     dh0 = np.empty((B, H), dt)
     buf = np.empty((B, H), dt)
     call("gru_backward", dt, np.ascontiguousarray(tape["W_hh"]),
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), gates,
          h, hn, mask_or_none(tape["mask"], dt), clip_value(clip, dt),
-         record, da, dhp, dh0, buf, T, B, H)
-    dx, grads = input_and_weight_grads(da.reshape(T, B, G * H), dhp.reshape(T, B, G * H), tape,
-                                       matmuls)
+         record, da, dhp_n, dh0, buf, T, B, H)
+    dx, grads = input_and_weight_grads(da.reshape(T, B, G * H), None, tape, matmuls, dhp_n)
     return dx, dh0, grads
