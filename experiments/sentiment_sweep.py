@@ -1,0 +1,74 @@
+"""Choose the sentiment defaults on the validation split only.
+
+Each run trains one model (``bptt.apps.sentiment.train_member``) for a setting and a seed and
+saves its validation and test probabilities to ``runs/sentiment_sweep/<name>-s<seed>.npz``. This
+script prints validation figures only; the test probabilities are read once, for the chosen
+default, by ``sentiment_report.py``. Usage::
+
+    OPENBLAS_NUM_THREADS=1 python experiments/sentiment_sweep.py NAME SEEDS [key=value ...]
+    python experiments/sentiment_sweep.py NAME 0,1,2 pretrain=word2vec word_dropout=0.25
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from bptt.apps import sentiment as app
+
+OUT = "runs/sentiment_sweep"
+
+
+def parse(pairs):
+    """``["lr=0.001", "pretrain=word2vec"]`` -> SentimentConfig keyword arguments."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(app.SentimentConfig)}
+    out = {}
+    for pair in pairs:
+        k, v = pair.split("=")
+        kind = kinds[k]
+        if v == "None":
+            out[k] = None
+        elif "bool" in kind:
+            out[k] = v == "True"
+        elif "int" in kind:
+            out[k] = int(v)
+        elif "float" in kind:
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out
+
+
+def main(name, seeds, *pairs):
+    w2v = [p for p in pairs if p.startswith("w2v.")]     # w2v.epochs=30: app.WORD2VEC options
+    for pair in w2v:
+        k, v = pair[4:].split("=")
+        app.WORD2VEC[k] = int(v)
+    pairs = [p for p in pairs if p not in w2v]
+    cfg = app.SentimentConfig(baseline=False, **parse(pairs))
+    app.check_config(cfg)
+    parts, vocab, corpus, tokens = app.prepare(cfg)
+    (train, i_tr), (valid, _), (test, _) = parts["train"], parts["valid"], parts["test"]
+    os.makedirs(OUT, exist_ok=True)
+    for seed in map(int, seeds.split(",")):
+        c = dataclasses.replace(cfg, seed=seed)
+        t0 = time.perf_counter()
+        E = app.initial_embeddings(c, seed, vocab, tokens, i_tr, log=lambda *a: None)
+        model, result = app.train_member(c, seed, vocab, train, valid, E)
+        pv, pt = app.probabilities(model, valid), app.probabilities(model, test)
+        np.savez(os.path.join(OUT, f"{name}-s{seed}.npz"), valid=pv, test=pt)
+        row = dict(name=name, seed=seed, valid=float(np.mean(pv.argmax(1) == valid.y)),
+                   valid_loss=float(-np.log(pv[np.arange(len(pv)), valid.y]).mean()),
+                   best_epoch=result.best_epoch, epochs=len(result.history),
+                   curve=[round(h["valid_metric"], 4) for h in result.history],
+                   seconds=round(time.perf_counter() - t0), config=dict(pairs=list(pairs) + w2v))
+        print(json.dumps(row), flush=True)
+        with open(os.path.join(OUT, "valid.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
