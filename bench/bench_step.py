@@ -142,17 +142,35 @@ def summarize(ms):
     return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "all": ms}
 
 
-def bench_timing(cell, size, args):
-    times = time_interleaved(build(cell, size, args.backends), args.repeats, args.warmup)
+def timing_child(backend, grid, threads, repeats, warmup):
+    """In a fresh process: one bptt backend and torch, interleaved, over the grid. Each backend
+    gets a process of its own because a backend's thread pool (OpenBLAS's spinning workers
+    after a multi-threaded call) slows whatever runs next on the other core, torch included."""
+    limiter = set_threads(threads, (backend,))  # noqa: F841 (held for the process's life)
     rows = []
-    for mode in MODES:
-        t = summarize(times["torch", mode])
-        row = dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode, torch_ms=t)
-        for b in args.backends:
-            s = summarize(times[f"bptt-{b}", mode])
-            row[f"bptt-{b}_ms"], row[f"ratio-{b}"] = s, s["median"] / t["median"]
-        rows.append(row)
+    for cell, size in grid:
+        times = time_interleaved(build(cell, size, (backend,)), repeats, warmup)
+        for mode in MODES:
+            t, s = summarize(times["torch", mode]), summarize(times[f"bptt-{backend}", mode])
+            rows.append(dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode,
+                             torch_ms=t, bptt_ms=s, ratio=s["median"] / t["median"]))
     return rows
+
+
+def bench_timing(grid, args):
+    """Rows per (cell, size, mode), with each backend's time, its torch time and ratio."""
+    merged = {}
+    for b in args.backends:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = pool.submit(timing_child, b, grid, args.threads, args.repeats,
+                               args.warmup).result()
+        for r in rows:
+            key = (r["cell"], r["T"], r["B"], r["H"], r["mode"])
+            row = merged.setdefault(key, dict(cell=r["cell"], T=r["T"], B=r["B"], H=r["H"],
+                                              mode=r["mode"]))
+            row[f"bptt-{b}_ms"], row[f"torch-{b}_ms"], row[f"ratio-{b}"] = (
+                r["bptt_ms"], r["torch_ms"], r["ratio"])
+    return list(merged.values())
 
 
 def proc_status_kb(field):
@@ -276,16 +294,19 @@ def main():
     for k, v in env.items():
         print(f"{k:<18} {v}")
     grid = [(c, s) for c in args.cells for s in args.sizes]
-    timing = [row for c, s in grid for row in bench_timing(c, s, args)]
+    timing = bench_timing(grid, args)
     bs = args.backends
     for mode in MODES:
         what = "training step (forward + backward)" if mode == "train" else "forward (inference)"
         print_table(f"{mode}: ms per {what}, median [min-max] of {args.repeats} repeats; "
-                    "ratio = bptt/torch (<1: bptt faster)",
-                    ["cell", "T", "B", "H"] + [f"bptt-{b} ms" for b in bs] + ["torch ms"]
+                    "ratio = bptt/torch (<1: bptt faster)\n(each backend in its own process, "
+                    "interleaved with torch: 'torch (b)' is torch's time in backend b's run)",
+                    ["cell", "T", "B", "H"]
+                    + [c for b in bs for c in (f"bptt-{b} ms", f"torch ({b}) ms")]
                     + [f"ratio {b}" for b in bs],
-                    [[r["cell"], r["T"], r["B"], r["H"]] + [fmt(r[f"bptt-{b}_ms"]) for b in bs]
-                     + [fmt(r["torch_ms"])] + [f"{r[f'ratio-{b}']:.2f}" for b in bs]
+                    [[r["cell"], r["T"], r["B"], r["H"]]
+                     + [c for b in bs for c in (fmt(r[f"bptt-{b}_ms"]), fmt(r[f"torch-{b}_ms"]))]
+                     + [f"{r[f'ratio-{b}']:.2f}" for b in bs]
                      for r in timing if r["mode"] == mode])
     memory = []
     if args.memory:
