@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py src/bptt/native/_loops.cpp | $(BIN)/python
 DEMO_OUT := runs/demo
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
-	$(BIN)/bptt train charlm --out $(DEMO_OUT) --minutes 4 --eval-every 250
+	$(BIN)/bptt train charlm --out $(DEMO_OUT) --minutes 4 --eval-every 250 --backend auto
 	$(BIN)/bptt sample $(DEMO_OUT) --length 600 --temperature 0.7 --prime "HAMLET:"
 	$(BIN)/bptt eval $(DEMO_OUT)
 	@echo "loss plot: $(DEMO_OUT)/loss.png"

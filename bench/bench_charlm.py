@@ -103,18 +103,20 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--k1", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--backend", default="numpy", help="bptt's cells: numpy, native, numba, auto")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(hidden=args.hidden, layers=args.layers, batch=args.batch, k1=args.k1,
-                      lr=2e-3, clip=5.0, steps=max(args.steps, 1))
+                      lr=2e-3, clip=5.0, steps=max(args.steps, 1), backend=args.backend)
     text = load_shakespeare()
     vocab = Vocabulary.from_text(text)
     train, valid, test = (vocab.encode(s) for s in split_text(text))
     blas = [f"{i['internal_api']} {i.get('architecture', '?')}" for i in threadpool_info()
             if i["user_api"] == "blas"]
     print(f"char-LM LSTM {args.layers}x{args.hidden}, embed {cfg.embed}, batch {args.batch}, "
-          f"k1=k2={args.k1}, Adam lr {cfg.lr}, clip {cfg.clip}; threads {args.threads}; "
+          f"k1=k2={args.k1}, Adam lr {cfg.lr}, clip {cfg.clip}; bptt backend {args.backend}; "
+          f"threads {args.threads}; "
           f"BLAS {', '.join(blas)}; torch {torch.__version__}")
     result = {"config": vars(args), "blas": blas}
     with threadpool_limits(args.threads):
