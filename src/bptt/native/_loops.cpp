@@ -144,6 +144,26 @@ template <class V, class R> AI V clamp(V v, R c) {
 
 // ---- the GEMM tile ---------------------------------------------------------------------------
 
+// acc[r][v] += sum_k A[r * lda + k] P[k][v] for r < MR, v < NP; with LAST_APART the last
+// vector v = NP - 1 goes to acc[r][NP] instead (the GRU's n gate, see tile).
+template <class R, int MR, int NP, int NACC, bool LAST_APART>
+AI void accumulate(int K, const R *A, long lda, const R *P,
+                   typename VT<R>::V (&acc)[MR][NACC]) {
+    typedef typename VT<R>::V V;
+    const int L = VT<R>::L;
+    for (int k = 0; k < K; k++) {
+        V w[NP];
+#pragma GCC unroll 4
+        for (int v = 0; v < NP; v++) std::memcpy(&w[v], P + (long(k) * NP + v) * L, sizeof(V));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            V a = bcast(A + r * lda + k);
+#pragma GCC unroll 4
+            for (int v = 0; v < NP; v++) acc[r][LAST_APART && v == NP - 1 ? NP : v] += a * w[v];
+        }
+    }
+}
+
 // acc[r][v] = sum_k A1[r * lda1 + k] P[k][v] + sum_k A2[r * lda2 + k] P[K1 + k][v], r < MR:
 // P holds (K1 + K2) rows of NP vectors of L. With SPLIT (the GRU's n gate, whose input and
 // recurrent parts stay apart), the last vector of a row goes to acc[r][NP - 1] in the first
@@ -157,29 +177,8 @@ AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, con
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 5
         for (int v = 0; v < NP + SPLIT; v++) acc[r][v] = V{};
-    for (int k = 0; k < K1; k++) {
-        V w[NP];
-#pragma GCC unroll 4
-        for (int v = 0; v < NP; v++) std::memcpy(&w[v], P + (long(k) * NP + v) * L, sizeof(V));
-#pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) {
-            V a = bcast(A1 + r * lda1 + k);
-#pragma GCC unroll 4
-            for (int v = 0; v < NP; v++) acc[r][v] += a * w[v];
-        }
-    }
-    P += long(K1) * NP * L;
-    for (int k = 0; k < K2; k++) {
-        V w[NP];
-#pragma GCC unroll 4
-        for (int v = 0; v < NP; v++) std::memcpy(&w[v], P + (long(k) * NP + v) * L, sizeof(V));
-#pragma GCC unroll 8
-        for (int r = 0; r < MR; r++) {
-            V a = bcast(A2 + r * lda2 + k);
-#pragma GCC unroll 4
-            for (int v = 0; v < NP; v++) acc[r][SPLIT && v == NP - 1 ? NP : v] += a * w[v];
-        }
-    }
+    accumulate<R, MR, NP, NP + SPLIT, false>(K1, A1, lda1, P, acc);
+    accumulate<R, MR, NP, NP + SPLIT, SPLIT>(K2, A2, lda2, P + long(K1) * NP * L, acc);
 }
 
 // The forward's weights, packed: P[jb][k][q][L] = [W_ih^T; W_hh^T][k, q * H + jb * L + l],
@@ -350,6 +349,19 @@ void unit_steps(const R *P, int K, long lda, int nsteps, int B, int H, long min_
     });
 }
 
+// dL/dh_s for row sb = s * B + b, units j0 .. j0+n: what arrives from step s+1 (rec) plus the
+// loss's own gradient at s (zero where the mask is), clipped to [-clip, clip] (clip < 0: off,
+// Graves 2013) and kept in record (NULL: off, else diagnostics). m: the mask's value there.
+template <class V, class R>
+AI V message(V rec, const R *dy, const R *mask, R clip, R *record, long sb, int H, int j0, int n,
+             R &m) {
+    m = mask ? mask[sb] : R(1);
+    V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
+    if (clip >= 0) d = clamp(d, clip);
+    if (record) stn(record + sb * H + j0, d, n);
+    return d;
+}
+
 // The backward loop every cell shares. Step i = 0 runs step T-1's elementwise part from dh_n;
 // step i = T - s (s = T-1 .. 0) multiplies the gradients of step s's pre-activations, dA[s]
 // (B rows of K, lda apart; and dA2[s], K2 more columns, where they are kept apart), by
@@ -428,10 +440,8 @@ int lstm_backward(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates,
     // step s's elementwise part for row b, units j0 .. j0+n, given dL/dh_s arriving (rec)
     auto elem = [&](int s, long b, int j0, int n, V rec) {
         const long sb = long(s) * B + b;
-        R m = mask ? mask[sb] : one;
-        V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
-        if (clip >= 0) d = clamp(d, clip);
-        if (record) stn(record + sb * H + j0, d, n);
+        R m;
+        V d = message(rec, dy, mask, clip, record, sb, H, j0, n, m);
         if (mask) stn(dhbuf + b * H + j0, d, n);
         const R *g = gates + sb * K + j0;
         V o = ldn<V>(g, n), i = ldn<V>(g + H, n), f = ldn<V>(g + 2 * H, n), gg = ldn<V>(g + 3 * H, n);
@@ -503,10 +513,8 @@ int gru_backward(const R *W, const R *dy, const R *dh_n, const R *gates, const R
     const R one = 1;
     auto elem = [&](int s, long b, int j0, int n, V rec) {
         const long sb = long(s) * B + b;
-        R m = mask ? mask[sb] : one;
-        V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
-        if (clip >= 0) d = clamp(d, clip);
-        if (record) stn(record + sb * H + j0, d, n);
+        R m;
+        V d = message(rec, dy, mask, clip, record, sb, H, j0, n, m);
         const R *g = gates + sb * K + j0;
         V rg = ldn<V>(g, n), z = ldn<V>(g + H, n), nn = ldn<V>(g + 2 * H, n);
         V hp = ldn<V>(h + sb * H + j0, n), hnv = ldn<V>(hn + sb * H + j0, n);
@@ -557,10 +565,8 @@ int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *ma
     const R one = 1;
     auto elem = [&](int s, long b, int j0, int n, V rec) {
         const long sb = long(s) * B + b;
-        R m = mask ? mask[sb] : one;
-        V d = rec + ldn<V>(dy + sb * H + j0, n) * m;
-        if (clip >= 0) d = clamp(d, clip);
-        if (record) stn(record + sb * H + j0, d, n);
+        R m;
+        V d = message(rec, dy, mask, clip, record, sb, H, j0, n, m);
         V hb = ldn<V>(h + (sb + B) * H + j0, n);
         V dm = d * m;
         V a = relu ? (hb > R(0) ? dm : V{}) : dm * (one - hb * hb);  // relu', tanh' = 1 - h^2
