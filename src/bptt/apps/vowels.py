@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cli_options import add_options
 from ..data.speech import VOWEL_SPEAKERS, load_japanese_vowels
 from ..model import CELLS, Model
 from ..supervised import FitConfig, SequenceData, accuracy, fit, pad_sequences, predict
@@ -143,9 +144,7 @@ def add_parser(apps):
     p = apps.add_parser("vowels", help="speaker recognition on JapaneseVowels (recorded speech)",
                         description=__doc__.split("\n\n")[0])
     defaults = VowelsConfig()
-    for name, (kind, text) in OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
-                       default=getattr(defaults, name), help=f"{text} (default %(default)s)")
+    add_options(p, OPTIONS, defaults, fill=True)
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction,
                    default=defaults.bidirectional,
                    help="read each utterance both ways (default %(default)s)")
