@@ -389,13 +389,18 @@ _COMPILED = {"native": ("native", "a C++20 compiler when bptt is installed"),
              "numba": ("kernels", "numba and scipy (install the 'fast' extra)")}
 
 
+def check_backend(backend, who):
+    """Raise, naming ``who``, unless ``backend`` is one of ``BACKENDS``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{who}: expected backend one of {', '.join(BACKENDS)}, got "
+                         f"{backend!r}")
+
+
 def _cell_for(cell, backend, who):
     """The reference cell module (``backend='numpy'``, the default) or its compiled twin:
     ``bptt.native`` ('native', C++ built at install) or ``bptt.kernels`` ('numba'). 'auto'
     takes the first of native, numba, numpy that imports."""
-    if backend not in BACKENDS:
-        raise ValueError(f"{who}: expected backend one of {', '.join(BACKENDS)}, got "
-                         f"{backend!r}")
+    check_backend(backend, who)
     if backend == "numpy":
         return cell
     family = cell.__name__.rsplit(".", 1)[1]

@@ -33,7 +33,7 @@ import numpy as np
 from . import checkpoint, diagnostics
 from .clip import clip_grad_norm
 from .data.tasks import TASKS, Task
-from .layers import BACKENDS
+from .layers import check_backend
 from .model import Model
 from .optim import build_optimizer
 
@@ -92,9 +92,7 @@ class TaskConfig:
                 raise ValueError(f"task: expected {name} a positive number, got {v!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"task: expected dtype float32 or float64, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"task: expected backend one of {', '.join(BACKENDS)}, got "
-                             f"{self.backend!r}")
+        check_backend(self.backend, "task")
         if self.clock not in CLOCKS:
             raise ValueError(f"task: expected clock one of {', '.join(CLOCKS)}, got "
                              f"{self.clock!r}")

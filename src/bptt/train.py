@@ -27,7 +27,7 @@ from . import checkpoint
 from .clip import ClipLog, clip_grad_norm, clip_grad_value
 from .losses import softmax_cross_entropy
 from .model import Model
-from .layers import BACKENDS
+from .layers import check_backend
 from .optim import Schedule, build_optimizer
 
 LN2 = math.log(2.0)
@@ -89,9 +89,7 @@ class TrainConfig:
             raise ValueError(f"train: expected clip_mode 'norm' or 'value', got {self.clip_mode!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"train: expected dtype float32 or float64, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"train: expected backend one of {', '.join(BACKENDS)}, got "
-                             f"{self.backend!r}")
+        check_backend(self.backend, "train")
 
     @property
     def window(self):
