@@ -99,6 +99,19 @@ def incoming_message(dh, rec, dy, mask, t, clip, record):
         record[t] = dh
 
 
+@njit(inline="always", fastmath=True, error_model="numpy")
+def carry_where_masked(rec, dh, mask, t):
+    """rec += dh * (1 - mask[t]): where a sequence is not running at step t, its dL/dh_t passes
+    to h_{t-1} unchanged (the state was carried)."""
+    one = rec.dtype.type(1)
+    B, H = rec.shape
+    for b in range(B):
+        keep = one - mask[t, b, 0]
+        r, d = rec[b], dh[b]
+        for j in range(H):
+            r[j] += d[j] * keep
+
+
 def mask_array(mask, B, dtype):
     """The (T, B, 1) mask as the loops take it: (0, B, 1) for none, so that one compiled version
     serves both (each version costs seconds of compile time)."""

@@ -10,7 +10,8 @@ from numba import njit
 
 from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.lstm import finish_forward, input_and_weight_grads, project
-from ._math import JIT, incoming_message, mask_array, matmul, sigmoid_half, tanh
+from ._math import (JIT, carry_where_masked, incoming_message, mask_array, matmul, sigmoid_half,
+                    tanh)
 
 
 @njit(**JIT)
@@ -86,11 +87,7 @@ def _backward_loop(dy, dh_n, dc_n, gates, c, tanh_c, W_hh, mask, clip, record, d
                 dcb[j] *= f[j] * m + keep                          # dc_prev = dc * f, or carried
         matmul(dG[t], W_hh, rec)   # through a = ... + W_hh h_prev
         if masked:
-            for b in range(B):
-                keep = one - mask[t, b, 0]
-                r, d = rec[b], dh[b]
-                for j in range(H):
-                    r[j] += d[j] * keep
+            carry_where_masked(rec, dh, mask, t)
     return rec, dc
 
 

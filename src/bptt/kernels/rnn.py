@@ -6,7 +6,7 @@ from numba import njit
 
 from ..cells.rnn import NONLINEARITIES, step  # noqa: F401 (re-exported: the reference step)
 from ..cells.rnn import finish_forward, input_and_weight_grads, project
-from ._math import JIT, incoming_message, mask_array, matmul, tanh
+from ._math import JIT, carry_where_masked, incoming_message, mask_array, matmul, tanh
 
 
 @njit(**JIT)
@@ -64,11 +64,7 @@ def _backward_loop(dy, dh_n, h, W_hh, mask, relu, clip, record, da):
                     dab[j] = d[j] * m * (one - hb[j] * hb[j])        # tanh' = 1 - h^2
         matmul(da[t], W_hh, rec)   # through a_t = ... + W_hh h_{t-1}
         if masked:
-            for b in range(B):
-                keep = one - mask[t, b, 0]
-                r, d = rec[b], dh[b]
-                for j in range(H):
-                    r[j] += d[j] * keep
+            carry_where_masked(rec, dh, mask, t)
     return rec
 
 
