@@ -106,16 +106,16 @@ def matmuls(pairs):
     backend's threads, one NumPy-BLAS call each (see ``gemms`` in ``_loops.cpp``)."""
     work = sum(a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
     dt = pairs[0][0].dtype
+    layouts = [(_layout(a), _layout(b)) for a, b in pairs]
     if _BLAS is None or work < _SMALL_PRODUCTS or any(
-            a.dtype != dt or b.dtype != dt or _layout(a) is None or _layout(b) is None
-            for a, b in pairs):
+            a.dtype != dt or b.dtype != dt for a, b in pairs) or any(
+            None in ab for ab in layouts):
         return [a @ b for a, b in pairs]
     n = max(1, _lib.max_threads())
     size = dt.itemsize
     outs, desc, ptrs = [], [], []
-    for a, b in pairs:
+    for (a, b), ((ta, lda), (tb, ldb)) in zip(pairs, layouts):
         (M, K), N = a.shape, b.shape[1]
-        (ta, lda), (tb, ldb) = _layout(a), _layout(b)
         out = np.empty((M, N), dt)
         for i in range(n):
             m0, m1 = M * i // n, M * (i + 1) // n

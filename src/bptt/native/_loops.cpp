@@ -278,8 +278,6 @@ int threads_for(long work, int nb, long min_work) {
 }
 
 // Calls blk<MR>(b0) for full row blocks and blk<rem> for the rest, rows b0 .. B-1.
-template <int MR, class F> AI void rows(int B, F &&blk);
-
 #define ROWS_CASE(n) case n: blk.template operator()<n>(b0); break;
 template <int MR, class F> AI void rows(int B, F &&blk) {
     int b0 = 0;
