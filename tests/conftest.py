@@ -9,8 +9,20 @@ import numpy as np
 import torch
 
 import bptt
+from bptt.cells import gru, lstm, rnn
 
 TORCH_CLASSES = {bptt.RNN: torch.nn.RNN, bptt.LSTM: torch.nn.LSTM, bptt.GRU: torch.nn.GRU}
+
+
+# every cell variant: name -> (reference cell module, the options its step and forward take)
+VARIANTS = {
+    "rnn_tanh": (rnn, {"nonlinearity": "tanh"}),
+    "rnn_relu": (rnn, {"nonlinearity": "relu"}),
+    "lstm": (lstm, {}),
+    "gru_after": (gru, {"reset_after": True}),
+    "gru_before": (gru, {"reset_after": False}),
+}
+GATES = {rnn: 1, lstm: 4, gru: 3}
 
 
 def rel_err(a, b):

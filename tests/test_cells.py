@@ -5,20 +5,10 @@ clipping."""
 import numpy as np
 import pytest
 import torch
-from conftest import rel_err, seed_of
+from conftest import GATES, VARIANTS, rel_err, seed_of
 
 import bptt
 from bptt.cells import gru, lstm, rnn
-
-# name -> (module, options passed to step and forward)
-VARIANTS = {
-    "rnn_tanh": (rnn, {"nonlinearity": "tanh"}),
-    "rnn_relu": (rnn, {"nonlinearity": "relu"}),
-    "lstm": (lstm, {}),
-    "gru_after": (gru, {"reset_after": True}),
-    "gru_before": (gru, {"reset_after": False}),
-}
-GATES = {rnn: 1, lstm: 4, gru: 3}
 
 
 def draw_weights(rng, module, D, H, bias=True, scale=1.0):

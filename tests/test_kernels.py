@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import rel_err, seed_of, torch_twin
+from conftest import GATES, VARIANTS, rel_err, seed_of, torch_twin
 
 import bptt
-from bptt.cells import gru, lstm, rnn
+from bptt.cells import lstm, rnn
 
 
 def _compiled(package):
@@ -26,15 +26,6 @@ BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
     module is None, reason=f"backend {name!r} is not available here"))
     for name, module in COMPILED.items()]
 
-# name -> (reference module, options)
-VARIANTS = {
-    "rnn_tanh": (rnn, {"nonlinearity": "tanh"}),
-    "rnn_relu": (rnn, {"nonlinearity": "relu"}),
-    "lstm": (lstm, {}),
-    "gru_after": (gru, {"reset_after": True}),
-    "gru_before": (gru, {"reset_after": False}),
-}
-GATES = {rnn: 1, lstm: 4, gru: 3}
 
 
 def fast(backend, module):
