@@ -103,10 +103,11 @@ def project(x, h0, weights, reset_after):
     return gates, h, hn, W_ih, W_hh, W_hh_half, b_hn
 
 
-def buffers(x, h0, weights, reset_after):
+def buffers(x, h0, weights, reset_after, empty=np.empty):
     """``project`` without the product: gates (T, B, 3, H) uninitialised, h (T+1, B, H)
     starting at h0, hn (T, B, H); W_ih, W_hh true and with r and z rows halved; the bias outside
-    r (halved likewise) and b_hn, the bias inside r * (...) (reset_after); None without biases."""
+    r (halved likewise) and b_hn, the bias inside r * (...) (reset_after); None without biases.
+    ``empty`` makes the gates buffer (the native backend passes its workspace)."""
     T, B, D = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -120,7 +121,7 @@ def buffers(x, h0, weights, reset_after):
         else:
             bias += weights["bias_hh"]
         bias *= scale[:, 0]
-    gates = np.empty((T, B, G, H), dt)  # pre-activations, then r, z, n
+    gates = empty((T, B, G, H), dt)  # pre-activations, then r, z, n
     h = np.empty((T + 1, B, H), dt)
     h[0] = h0
     # reset_after: hn[t] = W_hn h_{t-1} + b_hn;  otherwise: hn[t] = r_t * h_{t-1}
@@ -240,12 +241,14 @@ def _backward_reset_before(dy, dh_n, tape, clip, record):
     return dx, rec, grads
 
 
-def input_and_weight_grads(da, dhp, tape, matmuls=matmuls, dhp_n=None):
+def input_and_weight_grads(da, dhp, tape, matmuls=matmuls, dhp_n=None, bias_sums=None):
     """dx and the parameter grads from da = dL/d(input projection) and, for reset_after,
     dhp = dL/d(W_hh h_{t-1} + b_hh), each (T, B, 3H) in any layout that reshapes so; or, in
     place of dhp, its n chunk alone, dhp_n (T, B, H) (its r and z chunks are da's). Without
     reset_after (dhp and dhp_n None), W_hn's gradient comes from da's n chunk and
-    hn = r * h_{t-1}. One GEMM each over all T*B rows (``matmuls`` runs those of reset_after)."""
+    hn = r * h_{t-1}. One GEMM each over all T*B rows (``matmuls`` runs those of reset_after).
+    ``bias_sums`` (with dhp_n): da's and then dhp_n's sums over steps and rows (4H), where the
+    time loop kept them."""
     x, h, hn = tape["x"], tape["h"], tape["hn"]
     T, B, H = hn.shape
     da2d = da.reshape(T * B, G * H)
@@ -268,7 +271,10 @@ def input_and_weight_grads(da, dhp, tape, matmuls=matmuls, dhp_n=None):
             da2d[:, 2 * H:].T @ hn.reshape(T * B, H),
         ])
     dx = dx.reshape(x.shape)
-    if tape["bias"]:
+    if tape["bias"] and bias_sums is not None:
+        grads["bias_ih"] = bias_sums[: G * H].copy()
+        grads["bias_hh"] = np.concatenate([bias_sums[: 2 * H], bias_sums[G * H:]])
+    elif tape["bias"]:
         grads["bias_ih"] = da2d.sum(axis=0)
         if dhp_n is not None:
             grads["bias_hh"] = np.concatenate([grads["bias_ih"][: 2 * H],

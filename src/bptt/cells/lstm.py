@@ -84,10 +84,11 @@ def project(x, state0, weights):
     return gates, h, c, tanh_c, W_ih, W_hh, W_hh_half
 
 
-def buffers(x, state0, weights):
+def buffers(x, state0, weights, empty=np.empty):
     """``project`` without the product: gates (T, B, 4, H) uninitialised, h and c (T+1, B, H)
     starting at state0, tanh_c (T, B, H); W_ih, W_hh true and halved in the loop's row order;
-    the summed bias in that order, halved likewise (None without biases)."""
+    the summed bias in that order, halved likewise (None without biases). ``empty`` makes the
+    gates buffer (the native backend passes its workspace)."""
     T, B, D = x.shape
     h0, c0 = state0
     H = h0.shape[1]
@@ -96,7 +97,7 @@ def buffers(x, state0, weights):
     bias = None
     if weights.get("bias_ih") is not None:
         bias = (weights["bias_ih"] + weights["bias_hh"])[chunk_rows(ORDER, H)] * scale[:, 0]
-    gates = np.empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
+    gates = empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
     h = np.empty((T + 1, B, H), dt)
     c = np.empty((T + 1, B, H), dt)
     tanh_c = np.empty((T, B, H), dt)
@@ -175,9 +176,10 @@ def backward(dy, dstate_n, tape, clip=None, record=None):
     return dx, (rec, dc), grads
 
 
-def input_and_weight_grads(dG, tape, matmuls=matmuls):
+def input_and_weight_grads(dG, tape, matmuls=matmuls, bias_sum=None):
     """dx and the parameter grads (PyTorch's row order) from dL/d(pre-activation) dG
-    (T, B, 4, H) of every step: one GEMM each over all T*B rows (``matmuls`` runs them)."""
+    (T, B, 4, H) of every step: one GEMM each over all T*B rows (``matmuls`` runs them).
+    ``bias_sum``: dG summed over steps and rows (4H), where the time loop kept it."""
     x, h = tape["x"], tape["h"]
     T, B, _, H = dG.shape
     dG2d = dG.reshape(T * B, G * H)
@@ -186,7 +188,7 @@ def input_and_weight_grads(dG, tape, matmuls=matmuls):
     dx = dx.reshape(x.shape)
     grads = {"weight_ih": unorder(dW_ih, ORDER, H), "weight_hh": unorder(dW_hh, ORDER, H)}
     if tape["bias"]:
-        db = unorder(dG2d.sum(axis=0), ORDER, H)
+        db = unorder(dG2d.sum(axis=0) if bias_sum is None else bias_sum, ORDER, H)
         grads["bias_ih"] = db
         grads["bias_hh"] = db.copy()
     return dx, grads

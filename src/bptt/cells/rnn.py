@@ -103,9 +103,10 @@ def backward(dy, dh_n, tape, clip=None, record=None):
     return dx, rec, grads
 
 
-def input_and_weight_grads(da, tape, matmuls=matmuls):
+def input_and_weight_grads(da, tape, matmuls=matmuls, bias_sum=None):
     """dx and the parameter grads from dL/da (T, B, H) of every step: one GEMM each over all
-    T*B rows (cuDNN's backward-weights; ``matmuls`` runs them)."""
+    T*B rows (cuDNN's backward-weights; ``matmuls`` runs them). ``bias_sum``: da summed over
+    steps and rows (H), where the time loop kept it."""
     x, h = tape["x"], tape["h"]
     T, B, H = da.shape
     da2d = da.reshape(T * B, H)
@@ -114,6 +115,6 @@ def input_and_weight_grads(da, tape, matmuls=matmuls):
     dx = dx.reshape(x.shape)
     grads = {"weight_ih": dW_ih, "weight_hh": dW_hh}
     if tape["bias"]:
-        grads["bias_ih"] = da2d.sum(axis=0)
+        grads["bias_ih"] = da2d.sum(axis=0) if bias_sum is None else bias_sum
         grads["bias_hh"] = grads["bias_ih"].copy()
     return dx, grads

@@ -226,6 +226,12 @@ template <class R> R *pack_units(const R *W, int H, int K, int NVB, const R *W2 
     return p;
 }
 
+// p[0 .. n) += v: a bias gradient's running sum over rows and steps (NULL: not wanted). Each
+// thread owns its blocks of units, so the sums need no atomics.
+template <class V, class R> AI void add_to(R *p, V v, int n) {
+    if (p) stn(p, ldn<V>(p, n) + v, n);
+}
+
 // ---- the time loop driver --------------------------------------------------------------------
 
 // float32 messages that vanish down a long sequence become subnormal numbers, which the FPU
@@ -430,8 +436,9 @@ int lstm_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R
 
 template <class R>
 int lstm_backward(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates, const R *c,
-                  const R *tc, const R *mask, R clip, R *record, R *dG, R *dh0, R *dhbuf,
-                  int T, int B, int H, long min_work) {
+                  const R *tc, const R *mask, R clip, R *record, R *dG, R *db, R *dh0,
+                  R *dhbuf, int T, int B, int H, long min_work) {
+    // db: NULL, or the bias gradient (4H, zeroed), summed here over all rows and steps
     typedef typename VT<R>::V V;
     const int K = 4 * H;
     const R one = 1;
@@ -455,6 +462,11 @@ int lstm_backward(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates,
         dcb *= f * m + (one - m);                    // dc_prev = dc * f, or carried
         R *dg = dG + sb * K + j0;
         stn(dg, d_o, n), stn(dg + H, d_i, n), stn(dg + 2 * H, d_f, n), stn(dg + 3 * H, d_g, n);
+        if (db) {
+            R *p = db + j0;
+            add_to(p, d_o, n), add_to(p + H, d_i, n), add_to(p + 2 * H, d_f, n);
+            add_to(p + 3 * H, d_g, n);
+        }
         stn(dc + b * H + j0, dcb, n);
     };
     auto extra = [&](int s, long b, int j0, int n) {  // masked: dh_s passes to h_{s-1}
@@ -502,8 +514,9 @@ int gru_forward(const R *WxT, const R *WhT, const R *bias, const R *b_hn, const 
 
 template <class R>
 int gru_backward(const R *W, const R *dy, const R *dh_n, const R *gates, const R *h, const R *hn,
-                 const R *mask, R clip, R *record, R *da, R *dhp_n, R *dh0, R *carry, int T,
-                 int B, int H, long min_work) {
+                 const R *mask, R clip, R *record, R *da, R *dhp_n, R *db, R *dh0, R *carry,
+                 int T, int B, int H, long min_work) {
+    // db: NULL, or 4H zeroed sums over all rows and steps: da's three chunks, then dhp_n
     // dL/d(W_hh h_prev + b_hh) is da for the r and z chunks; only its n chunk, da_n * r, is
     // kept apart (dhp_n, (T, B, H)), and the product reads the two where they lie
     typedef typename VT<R>::V V;
@@ -523,6 +536,11 @@ int gru_backward(const R *W, const R *dy, const R *dh_n, const R *gates, const R
         R *a = da + sb * K + j0;
         stn(a, da_r, n), stn(a + H, da_z, n), stn(a + 2 * H, da_n, n);
         stn(dhp_n + sb * H + j0, da_n * rg, n);                    // d(hn) = da_n r
+        if (db) {
+            R *p = db + j0;
+            add_to(p, da_r, n), add_to(p + H, da_z, n), add_to(p + 2 * H, da_n, n);
+            add_to(p + 3 * H, da_n * rg, n);
+        }
         stn(carry + b * H + j0, d * (z * m + (one - m)), n);  // dh_prev += dh z, or carried
     };
     auto extra = [&](int, long b, int j0, int n) { return ldn<V>(carry + b * H + j0, n); };
@@ -558,7 +576,9 @@ int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R 
 
 template <class R>
 int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *mask, int relu,
-                 R clip, R *record, R *da, R *dh0, R *carry, int T, int B, int H, long min_work) {
+                 R clip, R *record, R *da, R *db, R *dh0, R *carry, int T, int B, int H,
+                 long min_work) {
+    // db: NULL, or the bias gradient (H, zeroed), summed here over all rows and steps
     typedef typename VT<R>::V V;
     const R one = 1;
     auto elem = [&](int s, long b, int j0, int n, V rec) {
@@ -569,6 +589,7 @@ int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *ma
         V dm = d * m;
         V a = relu ? (hb > R(0) ? dm : V{}) : dm * (one - hb * hb);  // relu', tanh' = 1 - h^2
         stn(da + sb * H + j0, a, n);
+        add_to(db + j0, a, n);
         if (mask) stn(carry + b * H + j0, d * (one - m), n);
     };
     auto extra = [&](int, long b, int j0, int n) {
@@ -630,8 +651,8 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
     }                                                                                           \
     EXPORT int lstm_backward_##S(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates, \
                                  const R *c, const R *tc, const R *mask, R clip, R *record,     \
-                                 R *dG, R *dh0, R *buf, int T, int B, int H, long mw) {         \
-        return lstm_backward<R>(W, dy, dh_n, dc, gates, c, tc, mask, clip, record, dG, dh0,    \
+                                 R *dG, R *db, R *dh0, R *buf, int T, int B, int H, long mw) {  \
+        return lstm_backward<R>(W, dy, dh_n, dc, gates, c, tc, mask, clip, record, dG, db, dh0,\
                                 buf, T, B, H, mw);                                              \
     }
 #define GRU(R, S)                                                                               \
@@ -642,9 +663,10 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
     }                                                                                           \
     EXPORT int gru_backward_##S(const R *W, const R *dy, const R *dh_n, const R *gates,         \
                                 const R *h, const R *hn, const R *mask, R clip, R *record,      \
-                                R *da, R *dhp_n, R *dh0, R *buf, int T, int B, int H, long mw) {\
-        return gru_backward<R>(W, dy, dh_n, gates, h, hn, mask, clip, record, da, dhp_n, dh0,  \
-                               buf, T, B, H, mw);                                               \
+                                R *da, R *dhp_n, R *db, R *dh0, R *buf, int T, int B, int H,   \
+                                long mw) {                                                      \
+        return gru_backward<R>(W, dy, dh_n, gates, h, hn, mask, clip, record, da, dhp_n, db,   \
+                               dh0, buf, T, B, H, mw);                                          \
     }
 #define RNN(R, S)                                                                               \
     EXPORT int rnn_forward_##S(const R *WxT, const R *WhT, const R *bias, const R *x, int D,    \
@@ -652,10 +674,10 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
         return rnn_forward<R>(WxT, WhT, bias, x, D, h, mask, relu, T, B, H, mw);                \
     }                                                                                           \
     EXPORT int rnn_backward_##S(const R *W, const R *dy, const R *dh_n, const R *h,             \
-                                const R *mask, int relu, R clip, R *record, R *da, R *dh0,      \
-                                R *buf, int T, int B, int H, long mw) {                         \
-        return rnn_backward<R>(W, dy, dh_n, h, mask, relu, clip, record, da, dh0, buf, T, B,    \
-                               H, mw);                                                          \
+                                const R *mask, int relu, R clip, R *record, R *da, R *db,       \
+                                R *dh0, R *buf, int T, int B, int H, long mw) {                 \
+        return rnn_backward<R>(W, dy, dh_n, h, mask, relu, clip, record, da, db, dh0, buf, T,   \
+                               B, H, mw);                                                       \
     }
 #define GEMMS(R, S)                                                                             \
     EXPORT void gemms_##S(void *fn, void *local, int ntasks, const long *d, void *const *p) {   \

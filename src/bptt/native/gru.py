@@ -8,7 +8,7 @@ import numpy as np
 from ..cells import gru as _reference
 from ..cells.gru import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.gru import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, matmuls, transposed
+from . import call, clip_value, mask_or_none, matmuls, transposed, workspace
 
 
 def forward(x, h0, weights, mask=None, reset_after=True):
@@ -30,7 +30,8 @@ def _forward(x, h0, weights, mask, keep):
     H = h0.shape[1]
     dt = x.dtype
     x = np.ascontiguousarray(x)
-    gates, h, hn, W_ih, W_hh, W_ih_half, W_hh_half, bias, b_hn = buffers(x, h0, weights, True)
+    gates, h, hn, W_ih, W_hh, W_ih_half, W_hh_half, bias, b_hn = buffers(x, h0, weights, True,
+                                                                         workspace)
     b_hn = None if b_hn is None else np.ascontiguousarray(b_hn, dt)
     call("gru_forward", dt, transposed(W_ih_half), transposed(W_hh_half), bias,
          b_hn, x, D, gates if keep else None, h, hn if keep else None,
@@ -47,13 +48,14 @@ def backward(dy, dh_n, tape, clip=None, record=None):
     h, hn, gates = tape["h"], tape["hn"], tape["gates"]
     T, B, _, H = gates.shape
     dt = h.dtype
-    da = np.empty((T, B, G, H), dt)
-    dhp_n = np.empty((T, B, H), dt)   # the n chunk of dL/d(W_hh h_prev + b_hh); r, z: da's
+    da = workspace((T, B, G, H), dt)
+    dhp_n = workspace((T, B, H), dt)   # the n chunk of dL/d(W_hh h_prev + b_hh); r, z: da's
+    db = np.zeros((G + 1) * H, dt) if tape["bias"] else None  # summed in the loop
     dh0 = np.empty((B, H), dt)
     buf = np.empty((B, H), dt)
     call("gru_backward", dt, np.ascontiguousarray(tape["W_hh"]),
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), gates,
          h, hn, mask_or_none(tape["mask"], dt), clip_value(clip, dt),
-         record, da, dhp_n, dh0, buf, T, B, H)
-    dx, grads = input_and_weight_grads(da.reshape(T, B, G * H), None, tape, matmuls, dhp_n)
+         record, da, dhp_n, db, dh0, buf, T, B, H)
+    dx, grads = input_and_weight_grads(da.reshape(T, B, G * H), None, tape, matmuls, dhp_n, db)
     return dx, dh0, grads

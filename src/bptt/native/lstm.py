@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.lstm import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, matmuls, transposed
+from . import call, clip_value, mask_or_none, matmuls, transposed, workspace
 
 
 def forward(x, state0, weights, mask=None):
@@ -23,7 +23,8 @@ def _forward(x, state0, weights, mask, keep):
     T, B, D = x.shape
     H = state0[0].shape[1]
     x = np.ascontiguousarray(x)
-    gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(x, state0, weights)
+    gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(x, state0, weights,
+                                                                          workspace)
     if not keep:  # two rows of c, alternating
         c = np.array(c[:2])
     call("lstm_forward", x.dtype, transposed(W_ih_half), transposed(W_hh_half),
@@ -41,13 +42,14 @@ def backward(dy, dstate_n, tape, clip=None, record=None):
     dt = gates.dtype
     dh_n, dc_n = dstate_n
     dc = np.array(dc_n, dtype=dt, order="C", copy=True)  # dc_n in, dc0 out
-    dG = np.empty((T, B, G, H), dt)
+    dG = workspace((T, B, G, H), dt)
+    db = np.zeros(G * H, dt) if tape["bias"] else None  # summed in the loop
     dh0 = np.empty((B, H), dt)
     m = mask_or_none(tape["mask"], dt)
     buf = np.empty((B, H), dt) if m is not None else None
     call("lstm_backward", dt, np.ascontiguousarray(tape["W_hh"]),
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), dc,
-         gates, c, tanh_c, m, clip_value(clip, dt), record, dG,
+         gates, c, tanh_c, m, clip_value(clip, dt), record, dG, db,
          dh0, buf, T, B, H)
-    dx, grads = input_and_weight_grads(dG, tape, matmuls)
+    dx, grads = input_and_weight_grads(dG, tape, matmuls, db)
     return dx, (dh0, dc), grads

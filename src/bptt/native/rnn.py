@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cells.rnn import NONLINEARITIES, step  # noqa: F401 (re-exported: the reference step)
 from ..cells.rnn import finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, matmuls, transposed
+from . import call, clip_value, mask_or_none, matmuls, transposed, workspace
 
 
 def forward(x, h0, weights, mask=None, nonlinearity="tanh"):
@@ -43,13 +43,14 @@ def backward(dy, dh_n, tape, clip=None, record=None):
     T = h.shape[0] - 1
     B, H = h.shape[1:]
     dt = h.dtype
-    da = np.empty((T, B, H), dt)
+    da = workspace((T, B, H), dt)
+    db = np.zeros(H, dt) if tape["bias"] else None  # summed in the loop
     dh0 = np.empty((B, H), dt)
     m = mask_or_none(tape["mask"], dt)
     buf = np.empty((B, H), dt) if m is not None else None
     call("rnn_backward", dt, np.ascontiguousarray(tape["W_hh"], dt),
          np.ascontiguousarray(dy, dt), np.ascontiguousarray(dh_n, dt), h, m,
-         int(tape["relu"]), clip_value(clip, dt), record, da, dh0, buf,
+         int(tape["relu"]), clip_value(clip, dt), record, da, db, dh0, buf,
          T, B, H)
-    dx, grads = input_and_weight_grads(da, tape, matmuls)
+    dx, grads = input_and_weight_grads(da, tape, matmuls, db)
     return dx, dh0, grads
