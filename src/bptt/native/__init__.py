@@ -172,6 +172,11 @@ def _free(i):
     return sys.getrefcount(_workspace[i]) == 2
 
 
+def no_buffer(shape, dtype):
+    """An ``empty`` for a buffer that a pass does not fill (inference keeps no gates)."""
+    return None
+
+
 def release_workspace():
     """Let go of the buffers ``workspace`` keeps (those still in use live on with their users)."""
     with _workspace_lock:

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.lstm import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, matmuls, transposed, workspace
+from . import call, clip_value, mask_or_none, matmuls, no_buffer, transposed, workspace
 
 
 def forward(x, state0, weights, mask=None):
@@ -23,12 +23,12 @@ def _forward(x, state0, weights, mask, keep):
     T, B, D = x.shape
     H = state0[0].shape[1]
     x = np.ascontiguousarray(x)
-    gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(x, state0, weights,
-                                                                          workspace)
+    gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(
+        x, state0, weights, workspace if keep else no_buffer)
     if not keep:  # two rows of c, alternating
         c = np.array(c[:2])
     call("lstm_forward", x.dtype, transposed(W_ih_half), transposed(W_hh_half),
-         bias, x, D, gates if keep else None, h, c,
+         bias, x, D, gates, h, c,
          tanh_c if keep else None, mask_or_none(mask, x.dtype), T, B, H)
     if not keep:
         return (h[1:] if mask is None else h[1:] * mask), (h[-1], c[T & 1])
