@@ -152,8 +152,12 @@ def timing_child(backend, grid, threads, repeats, warmup):
         times = time_interleaved(build(cell, size, (backend,)), repeats, warmup)
         for mode in MODES:
             t, s = summarize(times["torch", mode]), summarize(times[f"bptt-{backend}", mode])
+            # paired: the median of each repeat's own ratio (the two ran in the same second),
+            # which a slow drift of the shared machine's speed moves less than the medians
+            paired = statistics.median(a / b for a, b in zip(s["all"], t["all"], strict=True))
             rows.append(dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode,
-                             torch_ms=t, bptt_ms=s, ratio=s["median"] / t["median"]))
+                             torch_ms=t, bptt_ms=s, ratio=s["median"] / t["median"],
+                             paired=paired))
     return rows
 
 
@@ -170,6 +174,7 @@ def bench_timing(grid, args):
                                               mode=r["mode"]))
             row[f"bptt-{b}_ms"], row[f"torch-{b}_ms"], row[f"ratio-{b}"] = (
                 r["bptt_ms"], r["torch_ms"], r["ratio"])
+            row[f"paired-{b}"] = r["paired"]
     return list(merged.values())
 
 
@@ -300,13 +305,14 @@ def main():
         what = "training step (forward + backward)" if mode == "train" else "forward (inference)"
         print_table(f"{mode}: ms per {what}, median [min-max] of {args.repeats} repeats; "
                     "ratio = bptt/torch (<1: bptt faster)\n(each backend in its own process, "
-                    "interleaved with torch: 'torch (b)' is torch's time in backend b's run)",
+                    "interleaved with torch: 'torch (b)' is torch's time in backend b's run;\n"
+                    "ratio: of the two medians; paired: the median of the repeats' own ratios)",
                     ["cell", "T", "B", "H"]
                     + [c for b in bs for c in (f"bptt-{b} ms", f"torch ({b}) ms")]
-                    + [f"ratio {b}" for b in bs],
+                    + [c for b in bs for c in (f"ratio {b}", f"paired {b}")],
                     [[r["cell"], r["T"], r["B"], r["H"]]
                      + [c for b in bs for c in (fmt(r[f"bptt-{b}_ms"]), fmt(r[f"torch-{b}_ms"]))]
-                     + [f"{r[f'ratio-{b}']:.2f}" for b in bs]
+                     + [f"{r[f'{c}-{b}']:.2f}" for b in bs for c in ("ratio", "paired")]
                      for r in timing if r["mode"] == mode])
     memory = []
     if args.memory:
