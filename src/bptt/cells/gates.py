@@ -13,32 +13,36 @@ def sigmoid(a):
     return 0.5 + 0.5 * np.tanh(0.5 * a)
 
 
-def chunk_rows(order, H):
-    """Row indices that put PyTorch's gate chunks in ``order`` (a list of chunk numbers)."""
-    return np.concatenate([np.arange(k * H, (k + 1) * H) for k in order])
+def reorder(w, order, H):
+    """PyTorch's gate chunks of ``w`` (G chunks of H rows) in ``order`` (a list of chunk
+    numbers), as a new array: chunk i of the result is chunk ``order[i]`` of ``w``."""
+    return np.concatenate([w[k * H:(k + 1) * H] for k in order])
 
 
 def unorder(grad, order, H):
-    """Inverse of ``grad_in_torch_order[chunk_rows(order, H)]`` along axis 0."""
+    """Inverse of ``reorder`` along axis 0."""
     out = np.empty_like(grad)
-    out[chunk_rows(order, H)] = grad
+    for i, k in enumerate(order):
+        out[k * H:(k + 1) * H] = grad[i * H:(i + 1) * H]
     return out
 
 
-def half_sigmoid_rows(weights, order, n_sigmoid, H):
+def half_sigmoid_rows(weights, order, n_sigmoid, H, halves=True):
     """Weights and summed bias in chunk ``order``, the first ``n_sigmoid`` chunks halved.
 
     With a sigmoid gate's pre-activation halved, one ``tanh`` over all chunks gives
     sigma(a) = (1 + tanh(a / 2)) / 2 for those gates after an affine fix-up (halving is exact).
     Returns (W_ih_true, W_hh_true, W_ih_half, W_hh_half, scale) in the new order; ``scale`` is
-    (G*H, 1).
+    (G*H, 1). With ``halves`` False the halved weights are None (the native loops halve them
+    as they pack them).
     """
-    rows = chunk_rows(order, H)
     G = len(order)
     scale = np.ones((G * H, 1), dtype=weights["weight_ih"].dtype)
     scale[: n_sigmoid * H] = 0.5
-    W_ih = weights["weight_ih"][rows]
-    W_hh = weights["weight_hh"][rows]
+    W_ih = reorder(weights["weight_ih"], order, H)
+    W_hh = reorder(weights["weight_hh"], order, H)
+    if not halves:
+        return W_ih, W_hh, None, None, scale
     return W_ih, W_hh, W_ih * scale, W_hh * scale, scale
 
 

@@ -103,15 +103,16 @@ def project(x, h0, weights, reset_after):
     return gates, h, hn, W_ih, W_hh, W_hh_half, b_hn
 
 
-def buffers(x, h0, weights, reset_after, empty=np.empty):
+def buffers(x, h0, weights, reset_after, empty=np.empty, halves=True):
     """``project`` without the product: gates (T, B, 3, H) uninitialised, h (T+1, B, H)
     starting at h0, hn (T, B, H); W_ih, W_hh true and with r and z rows halved; the bias outside
     r (halved likewise) and b_hn, the bias inside r * (...) (reset_after); None without biases.
-    ``empty`` makes the gates buffer (the native backend passes its workspace)."""
+    ``empty`` makes the gates buffer (the native backend passes its workspace); with ``halves``
+    False the halved weights are None."""
     T, B, D = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 2, H)
+    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 2, H, halves)
     bias = b_hn = None
     if weights.get("bias_ih") is not None:
         bias = weights["bias_ih"].copy()

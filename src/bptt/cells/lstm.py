@@ -20,7 +20,7 @@ handful of ufunc calls and one GEMM.
 
 import numpy as np
 
-from .gates import chunk_rows, half_sigmoid_rows, matmuls, sigmoid, unorder
+from .gates import half_sigmoid_rows, matmuls, reorder, sigmoid, unorder
 
 G = 4
 ORDER = [3, 0, 1, 2]  # internal chunk k holds PyTorch's chunk ORDER[k]: o, i, f, g
@@ -84,19 +84,20 @@ def project(x, state0, weights):
     return gates, h, c, tanh_c, W_ih, W_hh, W_hh_half
 
 
-def buffers(x, state0, weights, empty=np.empty):
+def buffers(x, state0, weights, empty=np.empty, halves=True):
     """``project`` without the product: gates (T, B, 4, H) uninitialised, h and c (T+1, B, H)
     starting at state0, tanh_c (T, B, H); W_ih, W_hh true and halved in the loop's row order;
     the summed bias in that order, halved likewise (None without biases). ``empty`` makes the
-    gates buffer (the native backend passes its workspace)."""
+    gates buffer (the native backend passes its workspace); with ``halves`` False the halved
+    weights are None."""
     T, B, D = x.shape
     h0, c0 = state0
     H = h0.shape[1]
     dt = x.dtype
-    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 3, H)
+    W_ih, W_hh, W_ih_half, W_hh_half, scale = half_sigmoid_rows(weights, ORDER, 3, H, halves)
     bias = None
     if weights.get("bias_ih") is not None:
-        bias = (weights["bias_ih"] + weights["bias_hh"])[chunk_rows(ORDER, H)] * scale[:, 0]
+        bias = reorder(weights["bias_ih"] + weights["bias_hh"], ORDER, H) * scale[:, 0]
     gates = empty((T, B, G, H), dt)  # pre-activations, then activations o, i, f, g
     h = np.empty((T + 1, B, H), dt)
     c = np.empty((T + 1, B, H), dt)

@@ -181,20 +181,27 @@ AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, con
     accumulate<R, MR, NP, NP + SPLIT, SPLIT>(K2, A2, lda2, P + long(K1) * NP * L, acc);
 }
 
-// The forward's weights, packed: P[jb][k][q][L] = [W_ih^T; W_hh^T][k, q * H + jb * L + l],
-// k < D + H (zero past H): the input and the recurrent product of a step in one pass.
-template <class R> R *pack_forward(const R *WxT, int D, const R *WhT, int H, int G) {
+// The forward's weights, packed: P[jb][k][q][L] = s_q [W_ih^T; W_hh^T][k, q * H + jb * L + l],
+// k < D + H (zero past H): the input and the recurrent product of a step in one pass. Wx (G*H,
+// D) and Wh (G*H, H) come in the cell's gate order, as the tape keeps them; s_q = 1/2 for the
+// first nhalf gates (the sigmoid gates' rows halved, exactly, see bptt.cells.gates), else 1.
+template <class R>
+R *pack_forward(const R *Wx, int D, const R *Wh, int H, int G, int nhalf) {
     const int L = VT<R>::L, nb = (H + L - 1) / L, K = D + H;
     R *p = static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(nb) * K * G * L));
     if (!p) return nullptr;
     for (int jb = 0; jb < nb; jb++)
         for (int k = 0; k < K; k++) {
-            const R *row = k < D ? WxT + long(k) * G * H : WhT + long(k - D) * G * H;
-            for (int q = 0; q < G; q++)
+            const R *W = k < D ? Wx + k : Wh + (k - D);
+            const long ld = k < D ? D : H;
+            for (int q = 0; q < G; q++) {
+                const R s = q < nhalf ? R(0.5) : R(1);
                 for (int l = 0; l < L; l++) {
                     int j = jb * L + l;
-                    p[((long(jb) * K + k) * G + q) * L + l] = j < H ? row[q * H + j] : R(0);
+                    p[((long(jb) * K + k) * G + q) * L + l] = j < H ? W[(q * H + j) * ld] * s
+                                                                    : R(0);
                 }
+            }
         }
     return p;
 }
@@ -396,13 +403,14 @@ int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K
 // ---- LSTM (internal gate order o, i, f, g; sigmoid rows halved) -----------------------------
 
 template <class R>
-int lstm_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *gates, R *h,
+int lstm_forward(const R *Wx, const R *Wh, const R *bias, const R *x, int D, R *gates, R *h,
                  R *c, R *tc, const R *mask, int T, int B, int H, long min_work) {
+    // Wx, Wh: the true weights in gate order o, i, f, g (the tape's); bias summed and halved.
     // gates and tc: NULL for inference, where nothing is kept for a backward pass and c holds
     // two rows, not T + 1
     typedef typename VT<R>::V V;
     const int G = 4;
-    R *P = pack_forward(WxT, D, WhT, H, G);
+    R *P = pack_forward(Wx, D, Wh, H, G, 3);
     if (!P) return -1;
     gate_steps<R, G, 6>(P, x, D, h, T, B, H, min_work, [&](int t, long b, int j0, int n, V *acc) {
         const long tb = long(t) * B + b;
@@ -479,12 +487,13 @@ int lstm_backward(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates,
 // ---- GRU, reset after the product (PyTorch's; chunks r, z, n; r and z rows halved) ----------
 
 template <class R>
-int gru_forward(const R *WxT, const R *WhT, const R *bias, const R *b_hn, const R *x, int D,
+int gru_forward(const R *Wx, const R *Wh, const R *bias, const R *b_hn, const R *x, int D,
                 R *gates, R *h, R *hn, const R *mask, int T, int B, int H, long min_work) {
-    // gates and hn: NULL for inference
+    // Wx, Wh: the true weights (gate order r, z, n, the tape's); gates and hn: NULL for
+    // inference
     typedef typename VT<R>::V V;
     const int G = 3;
-    R *P = pack_forward(WxT, D, WhT, H, G);
+    R *P = pack_forward(Wx, D, Wh, H, G, 2);
     if (!P) return -1;
     // acc: r, z (input + recurrent parts), the n gate's input part, its recurrent part
     gate_steps<R, G, 6, true>(P, x, D, h, T, B, H, min_work, [&](int t, long b, int j0, int n,
@@ -644,10 +653,10 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
 #define BOTH(X) X(float, f32) X(double, f64)
 
 #define LSTM(R, S)                                                                              \
-    EXPORT int lstm_forward_##S(const R *WxT, const R *WhT, const R *bias, const R *x, int D,   \
+    EXPORT int lstm_forward_##S(const R *Wx, const R *Wh, const R *bias, const R *x, int D,     \
                                 R *gates, R *h, R *c, R *tc, const R *mask, int T, int B,       \
                                 int H, long mw) {                                               \
-        return lstm_forward<R>(WxT, WhT, bias, x, D, gates, h, c, tc, mask, T, B, H, mw);       \
+        return lstm_forward<R>(Wx, Wh, bias, x, D, gates, h, c, tc, mask, T, B, H, mw);         \
     }                                                                                           \
     EXPORT int lstm_backward_##S(const R *W, const R *dy, const R *dh_n, R *dc, const R *gates, \
                                  const R *c, const R *tc, const R *mask, R clip, R *record,     \
@@ -656,10 +665,10 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
                                 buf, T, B, H, mw);                                              \
     }
 #define GRU(R, S)                                                                               \
-    EXPORT int gru_forward_##S(const R *WxT, const R *WhT, const R *bias, const R *b_hn,        \
+    EXPORT int gru_forward_##S(const R *Wx, const R *Wh, const R *bias, const R *b_hn,          \
                                const R *x, int D, R *gates, R *h, R *hn, const R *mask, int T,  \
                                int B, int H, long mw) {                                         \
-        return gru_forward<R>(WxT, WhT, bias, b_hn, x, D, gates, h, hn, mask, T, B, H, mw);     \
+        return gru_forward<R>(Wx, Wh, bias, b_hn, x, D, gates, h, hn, mask, T, B, H, mw);       \
     }                                                                                           \
     EXPORT int gru_backward_##S(const R *W, const R *dy, const R *dh_n, const R *gates,         \
                                 const R *h, const R *hn, const R *mask, R clip, R *record,      \

@@ -8,7 +8,7 @@ import numpy as np
 from ..cells import gru as _reference
 from ..cells.gru import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.gru import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, matmuls, no_buffer, transposed, workspace
+from . import call, clip_value, mask_or_none, matmuls, no_buffer, workspace
 
 
 def forward(x, h0, weights, mask=None, reset_after=True):
@@ -30,10 +30,10 @@ def _forward(x, h0, weights, mask, keep):
     H = h0.shape[1]
     dt = x.dtype
     x = np.ascontiguousarray(x)
-    gates, h, hn, W_ih, W_hh, W_ih_half, W_hh_half, bias, b_hn = buffers(
-        x, h0, weights, True, workspace if keep else no_buffer)
+    gates, h, hn, W_ih, W_hh, _, _, bias, b_hn = buffers(
+        x, h0, weights, True, workspace if keep else no_buffer, halves=False)
     b_hn = None if b_hn is None else np.ascontiguousarray(b_hn, dt)
-    call("gru_forward", dt, transposed(W_ih_half), transposed(W_hh_half), bias,
+    call("gru_forward", dt, W_ih, W_hh, bias,
          b_hn, x, D, gates, h, hn if keep else None,
          mask_or_none(mask, dt), T, B, H)
     if not keep:

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..cells.lstm import G, step  # noqa: F401 (step: the reference, re-exported)
 from ..cells.lstm import buffers, finish_forward, input_and_weight_grads
-from . import call, clip_value, mask_or_none, matmuls, no_buffer, transposed, workspace
+from . import call, clip_value, mask_or_none, matmuls, no_buffer, workspace
 
 
 def forward(x, state0, weights, mask=None):
@@ -23,11 +23,11 @@ def _forward(x, state0, weights, mask, keep):
     T, B, D = x.shape
     H = state0[0].shape[1]
     x = np.ascontiguousarray(x)
-    gates, h, c, tanh_c, W_ih, W_hh, W_ih_half, W_hh_half, bias = buffers(
-        x, state0, weights, workspace if keep else no_buffer)
+    gates, h, c, tanh_c, W_ih, W_hh, _, _, bias = buffers(
+        x, state0, weights, workspace if keep else no_buffer, halves=False)
     if not keep:  # two rows of c, alternating
         c = np.array(c[:2])
-    call("lstm_forward", x.dtype, transposed(W_ih_half), transposed(W_hh_half),
+    call("lstm_forward", x.dtype, W_ih, W_hh,
          bias, x, D, gates, h, c,
          tanh_c if keep else None, mask_or_none(mask, x.dtype), T, B, H)
     if not keep:
