@@ -185,12 +185,18 @@ AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, con
 // k < D + H (zero past H): the input and the recurrent product of a step in one pass. Wx (G*H,
 // D) and Wh (G*H, H) come in the cell's gate order, as the tape keeps them; s_q = 1/2 for the
 // first nhalf gates (the sigmoid gates' rows halved, exactly, see bptt.cells.gates), else 1.
+// alloc_forward makes the buffer; pack_forward fills blocks jb0 .. jb1-1 (each thread packs the
+// blocks it multiplies by, see run_steps).
+template <class R> R *alloc_forward(int D, int H, int G) {
+    const int L = VT<R>::L, nb = (H + L - 1) / L;
+    return static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(nb) * (D + H) * G * L));
+}
+
 template <class R>
-R *pack_forward(const R *Wx, int D, const R *Wh, int H, int G, int nhalf) {
-    const int L = VT<R>::L, nb = (H + L - 1) / L, K = D + H;
-    R *p = static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(nb) * K * G * L));
-    if (!p) return nullptr;
-    for (int jb = 0; jb < nb; jb++)
+void pack_forward(R *p, const R *Wx, int D, const R *Wh, int H, int G, int nhalf, int jb0,
+                  int jb1) {
+    const int L = VT<R>::L, K = D + H;
+    for (int jb = jb0; jb < jb1; jb++)
         for (int k = 0; k < K; k++) {
             const R *W = k < D ? Wx + k : Wh + (k - D);
             const long ld = k < D ? D : H;
@@ -203,34 +209,30 @@ R *pack_forward(const R *Wx, int D, const R *Wh, int H, int G, int nhalf) {
                 }
             }
         }
-    return p;
 }
 
-// A (K, H) matrix packed in panels of NVB blocks of L units: P[jp][k][v][L] = W[k, j], j =
-// (jp * NVB + v) * L + l (zero past H). The backward's W_hh (K = G * H); the RNN's
-// [W_ih^T; W_hh^T], from its two parts (W2: K2 more rows).
-template <class R> R *pack_units(const R *W, int H, int K, int NVB, const R *W2 = nullptr,
-                                 int K2 = 0) {
-    if (K2) {
-        R *both = static_cast<R *>(std::malloc(sizeof(R) * size_t(K + K2) * H));
-        if (!both) return nullptr;
-        std::memcpy(both, W, sizeof(R) * size_t(K) * H);
-        std::memcpy(both + long(K) * H, W2, sizeof(R) * size_t(K2) * H);
-        R *p = pack_units(both, H, K + K2, NVB);
-        std::free(both);
-        return p;
-    }
+// A (K + K2, H) matrix, W's K rows then W2's K2, packed in panels of NVB blocks of L units:
+// P[jp][k][v][L] = [W; W2][k, j], j = (jp * NVB + v) * L + l (zero past H). The backward's W_hh
+// (K = G * H, no W2); the RNN's [W_ih^T; W_hh^T]. alloc_units makes the buffer, pack_units
+// fills panels jp0 .. jp1-1.
+template <class R> R *alloc_units(int H, int K, int NVB) {
     const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
-    R *p = static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(npan) * K * NVB * L));
-    if (!p) return nullptr;
-    for (int jp = 0; jp < npan; jp++)
-        for (int k = 0; k < K; k++)
+    return static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(npan) * K * NVB * L));
+}
+
+template <class R>
+void pack_units(R *p, const R *W, int H, int K, int NVB, const R *W2, int K2, int jp0,
+                int jp1) {
+    const int L = VT<R>::L, KK = K + K2;
+    for (int jp = jp0; jp < jp1; jp++)
+        for (int k = 0; k < KK; k++) {
+            const R *row = k < K ? W + long(k) * H : W2 + long(k - K) * H;
             for (int v = 0; v < NVB; v++)
                 for (int l = 0; l < L; l++) {
                     int j = (jp * NVB + v) * L + l;
-                    p[((long(jp) * K + k) * NVB + v) * L + l] = j < H ? W[long(k) * H + j] : R(0);
+                    p[((long(jp) * KK + k) * NVB + v) * L + l] = j < H ? row[j] : R(0);
                 }
-    return p;
+        }
 }
 
 // p[0 .. n) += v: a bias gradient's running sum over rows and steps (NULL: not wanted). Each
@@ -256,11 +258,14 @@ template <> struct FlushSubnormals<float> {
 };
 #endif
 
-// Calls step(s, lo, hi) for s = 0 .. nsteps-1, [lo, hi) being this thread's share of the nb
-// blocks of units, over nt threads with a barrier between steps (nt = 1: no OpenMP).
-template <class R, class F> void run_steps(int nsteps, int nb, int nt, F step) {
+// Calls init(lo, hi) once, then step(s, lo, hi) for s = 0 .. nsteps-1, [lo, hi) being this
+// thread's share of the nb blocks of units, over nt threads with a barrier between steps (nt =
+// 1: no OpenMP). init packs the weights of the thread's own blocks: no barrier is needed after
+// it, since a thread reads no other thread's blocks.
+template <class R, class I, class F> void run_steps(int nsteps, int nb, int nt, I init, F step) {
     if (nt <= 1) {
         FlushSubnormals<R> flush;
+        init(0, nb);
         for (int s = 0; s < nsteps; s++) step(s, 0, nb);
         return;
     }
@@ -270,6 +275,7 @@ template <class R, class F> void run_steps(int nsteps, int nb, int nt, F step) {
         FlushSubnormals<R> flush;
         int tid = omp_get_thread_num(), n = omp_get_num_threads();
         int lo = int(long(nb) * tid / n), hi = int(long(nb) * (tid + 1) / n);
+        init(lo, hi);
         for (int s = 0; s < nsteps; s++) {
 #pragma omp barrier
             step(s, lo, hi);
@@ -277,6 +283,7 @@ template <class R, class F> void run_steps(int nsteps, int nb, int nt, F step) {
     }
 #else
     FlushSubnormals<R> flush;
+    init(0, nb);
     for (int s = 0; s < nsteps; s++) step(s, 0, nb);
 #endif
 }
@@ -304,14 +311,14 @@ template <int MR, class F> AI void rows(int B, F &&blk) {
 
 // The forward of a gated cell: every step, for each row block and block of L units, the tile
 // [x_t, h_t][rows] @ P (all gates of those units; NACC accumulators a row, see tile) and
-// epi(t, b, j0, n, acc[r]) on each of its rows.
-template <class R, int G, int MR, bool SPLIT = false, class Epi>
+// epi(t, b, j0, n, acc[r]) on each of its rows. pack(lo, hi) packs blocks lo .. hi-1 of P first.
+template <class R, int G, int MR, bool SPLIT = false, class Pack, class Epi>
 void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, long min_work,
-                Epi epi) {
+                Pack pack, Epi epi) {
     typedef typename VT<R>::V V;
     const int L = VT<R>::L, nb = (H + L - 1) / L;
     int nt = threads_for(long(B) * G * H * (D + H), nb, min_work);
-    run_steps<R>(T, nb, nt, [&](int t, int lo, int hi) {
+    run_steps<R>(T, nb, nt, pack, [&](int t, int lo, int hi) {
         for (int jb = lo; jb < hi; jb++) {
             const int j0 = jb * L, n = std::min(L, H - j0);
             rows<MR>(B, [&]<int M>(int b0) {
@@ -328,15 +335,15 @@ void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, 
 // Unit panels of NVB blocks of L units (pack_units): every step i with a(i) not null, for each
 // row block and panel, the tile [a(i), a2(i)][rows] @ P (K + K2 deep; rows lda, lda2 apart) and
 // epi(i, b, j0, n, rec) on each row and block of units; a step with a(i) null calls epi with
-// rec = 0 (nothing to multiply).
+// rec = 0 (nothing to multiply). pack(lo, hi) packs panels lo .. hi-1 of P first.
 constexpr int NVB = 2;
-template <class R, class A, class Epi, class A2>
-void unit_steps(const R *P, int K, long lda, int nsteps, int B, int H, long min_work, A a,
-                Epi epi, int K2, long lda2, A2 a2) {
+template <class R, class Pack, class A, class Epi, class A2>
+void unit_steps(const R *P, int K, long lda, int nsteps, int B, int H, long min_work, Pack pack,
+                A a, Epi epi, int K2, long lda2, A2 a2) {
     typedef typename VT<R>::V V;
     const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
     int nt = threads_for(long(B) * (K + K2) * H, npan, min_work);
-    run_steps<R>(nsteps, npan, nt, [&](int i, int lo, int hi) {
+    run_steps<R>(nsteps, npan, nt, pack, [&](int i, int lo, int hi) {
         const R *Ai = a(i), *A2i = a2(i);
         for (int jp = lo; jp < hi; jp++) {
             if (!Ai) {
@@ -383,10 +390,11 @@ int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K
                    const R *dh_n, R *dh0, int T, int B, int H, long min_work, Elem elem,
                    Extra extra) {
     typedef typename VT<R>::V V;
-    R *P = pack_units(W, H, K + K2, NVB);
+    R *P = alloc_units<R>(H, K + K2, NVB);
     if (!P) return -1;
     unit_steps<R>(
         P, K, lda, T + 1, B, H, min_work,
+        [&](int lo, int hi) { pack_units(P, W, H, K + K2, NVB, W, 0, lo, hi); },
         [&](int i) { return i == 0 ? nullptr : dA + long(T - i) * B * lda; },
         [&](int i, long b, int j0, int n, V rec) {
             if (i == 0) return elem(T - 1, b, j0, n, ldn<V>(dh_n + b * H + j0, n));
@@ -410,9 +418,11 @@ int lstm_forward(const R *Wx, const R *Wh, const R *bias, const R *x, int D, R *
     // two rows, not T + 1
     typedef typename VT<R>::V V;
     const int G = 4;
-    R *P = pack_forward(Wx, D, Wh, H, G, 3);
+    R *P = alloc_forward<R>(D, H, G);
     if (!P) return -1;
-    gate_steps<R, G, 6>(P, x, D, h, T, B, H, min_work, [&](int t, long b, int j0, int n, V *acc) {
+    auto pack = [&](int lo, int hi) { pack_forward(P, Wx, D, Wh, H, G, 3, lo, hi); };
+    gate_steps<R, G, 6>(P, x, D, h, T, B, H, min_work, pack, [&](int t, long b, int j0, int n,
+                                                                  V *acc) {
         const long tb = long(t) * B + b;
         V a[G];
         for (int q = 0; q < G; q++) a[q] = bias ? acc[q] + ldn<V>(bias + q * H + j0, n) : acc[q];
@@ -493,10 +503,12 @@ int gru_forward(const R *Wx, const R *Wh, const R *bias, const R *b_hn, const R 
     // inference
     typedef typename VT<R>::V V;
     const int G = 3;
-    R *P = pack_forward(Wx, D, Wh, H, G, 2);
+    R *P = alloc_forward<R>(D, H, G);
     if (!P) return -1;
+    auto pack = [&](int lo, int hi) { pack_forward(P, Wx, D, Wh, H, G, 2, lo, hi); };
     // acc: r, z (input + recurrent parts), the n gate's input part, its recurrent part
-    gate_steps<R, G, 6, true>(P, x, D, h, T, B, H, min_work, [&](int t, long b, int j0, int n,
+    gate_steps<R, G, 6, true>(P, x, D, h, T, B, H, min_work, pack, [&](int t, long b, int j0,
+                                                                        int n,
                                                                 V *acc) {
         const long tb = long(t) * B + b;
         V a[G];
@@ -563,10 +575,12 @@ template <class R>
 int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *h,
                 const R *mask, int relu, int T, int B, int H, long min_work) {
     typedef typename VT<R>::V V;
-    R *P = pack_units(WxT, H, D, NVB, WhT, H);
+    R *P = alloc_units<R>(H, D + H, NVB);
     if (!P) return -1;
     unit_steps<R>(
-        P, D, D, T, B, H, min_work, [&](int t) { return x + long(t) * B * D; },
+        P, D, D, T, B, H, min_work,
+        [&](int lo, int hi) { pack_units(P, WxT, H, D, NVB, WhT, H, lo, hi); },
+        [&](int t) { return x + long(t) * B * D; },
         [&](int t, long b, int j0, int n, V a) {
             const long tb = long(t) * B + b;
             if (bias) a += ldn<V>(bias + j0, n);
