@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import zlib
 
 import numpy as np
 
@@ -42,6 +43,22 @@ def parse(pairs):
     return out
 
 
+def cached_embeddings(cfg, seed, vocab, tokens, train_idx):
+    """``app.initial_embeddings``, kept on disk by its inputs: settings that share the word2vec
+    vectors of a seed (most do) skip the 10-15 s of gensim."""
+    if cfg.pretrain == "none":
+        return None
+    key = json.dumps([cfg.pretrain, cfg.embed, cfg.embed_init, cfg.min_count, cfg.split_seed,
+                      seed, app.WORD2VEC], sort_keys=True)
+    path = os.path.join(OUT, "embeddings", f"{zlib.crc32(key.encode()):08x}.npy")
+    if os.path.exists(path):
+        return np.load(path)
+    E = app.initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=lambda *a: None)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, E)
+    return E
+
+
 def main(name, seeds, *pairs):
     w2v = [p for p in pairs if p.startswith("w2v.")]     # w2v.epochs=30: app.WORD2VEC options
     for pair in w2v:
@@ -56,7 +73,7 @@ def main(name, seeds, *pairs):
     for seed in map(int, seeds.split(",")):
         c = dataclasses.replace(cfg, seed=seed)
         t0 = time.perf_counter()
-        E = app.initial_embeddings(c, seed, vocab, tokens, i_tr, log=lambda *a: None)
+        E = cached_embeddings(c, seed, vocab, tokens, i_tr)
         model, result = app.train_member(c, seed, vocab, train, valid, E)
         pv, pt = app.probabilities(model, valid), app.probabilities(model, test)
         np.savez(os.path.join(OUT, f"{name}-s{seed}.npz"), valid=pv, test=pt)

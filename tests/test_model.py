@@ -25,7 +25,8 @@ class TorchTwin(torch.nn.Module):
             self.proj = torch.nn.Linear(c["input_size"], m.rnn.input_size)
         self.rnn = TORCH_CELLS[c["cell"]](m.rnn.input_size, c["hidden_size"], c["num_layers"],
                                          bidirectional=c["bidirectional"])
-        self.head = torch.nn.Linear(m.rnn.hidden_size * m.rnn.directions, c["output_size"])
+        n_feat = m.rnn.hidden_size * m.rnn.directions * (2 if c["head"] == "meanmax" else 1)
+        self.head = torch.nn.Linear(n_feat, c["output_size"])
         self.kind, self.head_kind = c["input"], c["head"]
         self.double()
         self.load_state_dict({k: torch.tensor(v) for k, v in m.state_dict().items()})
@@ -49,7 +50,11 @@ class TorchTwin(torch.nn.Module):
             dirs = 2 if self.rnn.bidirectional else 1
             return self.head(torch.cat(list(h[-dirs:]), dim=1))
         n = torch.tensor(lengths, dtype=y.dtype)[:, None] if lengths is not None else T
-        return self.head(y.sum(0) / n)
+        mean = y.sum(0) / n
+        valid = torch.arange(T)[:, None] < torch.tensor(lengths or [T])[None]   # (T, B)
+        mx = y.masked_fill(~valid[..., None], -torch.inf).max(0).values
+        return self.head({"mean": mean, "max": mx, "meanmax": torch.cat([mean, mx], 1)}[
+            self.head_kind])
 
 
 CASES = [
@@ -61,6 +66,10 @@ CASES = [
     ("gru", "identity", "last", 1, False, False),
     ("rnn", "linear", "mean", 1, True, True),
     ("lstm", "identity", "mean", 2, False, True),
+    ("lstm", "embedding", "max", 1, True, True),
+    ("gru", "linear", "max", 2, False, False),
+    ("lstm", "embedding", "meanmax", 1, True, True),
+    ("rnn", "identity", "meanmax", 2, True, False),
 ]
 
 
@@ -120,7 +129,7 @@ def test_bad_model_inputs():
     with pytest.raises(ValueError, match=r"expected dout of shape \(3, 2, 3\)"):
         m.backward(np.zeros((3, 2, 4)), tape)
     with pytest.raises(ValueError, match="expected head one of"):
-        Model(10, 4, 3, head="max")
+        Model(10, 4, 3, head="median")
     f = Model(4, 4, 3, input="linear", seed=0)
     with pytest.raises(ValueError, match=r"shape \(T, B, 4\)"):
         f.forward(np.zeros((3, 2, 5)))

@@ -92,21 +92,27 @@ def test_trimmed_batches_give_the_untrimmed_outputs():
             assert rel_err(predict(m, data, batch=4), full) < 1e-12, (cell, head)
 
 
-@pytest.mark.parametrize("clip", [None, 0.05])
-def test_one_epoch_matches_torch_sgd(clip):
-    """One full-batch epoch of SGD with weight decay (and clipping) is the torch update."""
+@pytest.mark.parametrize("clip,freeze", [(None, ()), (0.05, ()),
+                                         (0.05, ("proj.weight", "head.bias"))])
+def test_one_epoch_matches_torch_sgd(clip, freeze):
+    """One full-batch epoch of SGD with weight decay (and clipping) is the torch update; frozen
+    parameters are those torch leaves out (requires_grad False): no step, no decay, no share of
+    the clipped norm."""
     data, _ = ragged(5, n=6)
     m = model64("gru", "last", bidirectional=True)
     twin = TorchTwin(m)
     cfg = FitConfig(epochs=1, batch=len(data), optimizer="sgd", lr=0.3, weight_decay=0.01,
-                    clip=clip)
+                    clip=clip, freeze=freeze)
     fit(m, data, cfg=cfg)
+    for k in freeze:
+        twin.get_parameter(k).requires_grad_(False)
+    trained = [p for p in twin.parameters() if p.requires_grad]
     logits = twin(torch.tensor(data.x), data.lengths.tolist())
     torch.nn.functional.cross_entropy(logits, torch.tensor(data.y)).backward()
     if clip is not None:
-        torch.nn.utils.clip_grad_norm_(twin.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(trained, clip)
     with torch.no_grad():
-        for p in twin.parameters():
+        for p in trained:
             p -= 0.3 * (p.grad + 0.01 * p)
     for k, v in twin.state_dict().items():
         assert rel_err(m.params[k], v.numpy()) < 1e-12, k
@@ -179,6 +185,16 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
     assert np.array_equal(predict(loaded, flipped), predict(m, flipped))
 
 
+def test_select_loss_keeps_the_epoch_of_least_validation_loss():
+    data, _ = ragged(7, n=24, classes=2)
+    flipped = SequenceData(data.x, 1 - data.y, data.lengths)
+    m = model64("gru", "mean", o=2)
+    res = fit(m, data, flipped, FitConfig(epochs=8, batch=8, lr=3e-2, seed=2, select="loss"))
+    losses = [h["valid_loss"] for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmin(losses))
+    assert evaluate(m, flipped)[0] == pytest.approx(min(losses), rel=1e-12)
+
+
 def test_fit_learns_a_rule_and_token_ids_work():
     """Sequences of token ids labelled by whether token 1 occurs more often than token 2."""
     rng = np.random.default_rng(8)
@@ -249,7 +265,8 @@ def test_subset_and_pad_errors():
     ("epochs", 0, "epochs"), ("batch", 1.5, "batch"), ("lr", 0, "lr"),
     ("weight_decay", -1.0, "weight_decay"), ("clip", 0.0, "clip"), ("schedule", "linear", "one of"),
     ("warmup", -1, "warmup"), ("patience", 0, "patience"), ("loss", "hinge", "'ce' or 'mse'"),
-    ("bucket", 1, "bucket"),
+    ("bucket", 1, "bucket"), ("select", "accuracy", "'metric' or 'loss'"),
+    ("freeze", "embedding.weight", "tuple of parameter names"),
 ])
 def test_fit_config_errors(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -277,6 +294,8 @@ def test_fit_and_predict_errors():
         (TypeError, "a SequenceData", lambda: predict(m, data.x)),
         (ValueError, "head 'last' or 'mean'", lambda: predict(model64(head="step"), data)),
         (ValueError, "class labels", lambda: accuracy(m, reg)),
+        (ValueError, r"freeze to name parameters of the model, got unknown \['embedding.weight'\]",
+         lambda: fit(m, data, cfg=FitConfig(freeze=("embedding.weight", "head.bias")))),
     ]
     for exc, match, call in cases:
         with pytest.raises(exc, match=match):

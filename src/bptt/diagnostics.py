@@ -40,6 +40,7 @@ import numpy as np
 
 from .cells import gru, lstm, rnn
 from .layers import LSTM, Tape, _reverse_time  # the layers' own time reversal, within lengths
+from .model import POOLED
 
 SATURATION = 0.95          # |tanh| above, sigmoid within 0.05 of 0 or 1: saturated
 VANISHED = 1e-3            # r(k) under this: vanished
@@ -66,7 +67,7 @@ def record_backward(layer, tape, dy, dh_n=None, *, clip=None):
 
 def head_backward(model, dout, tape):
     """``(dy, dh_n)`` for the recurrent stack from dL/dout: the head's part of ``Model.backward``
-    (dh_n None for the ``step`` and ``mean`` heads)."""
+    (dh_n None for the ``step`` and pooling (``mean``, ``max``, ``meanmax``) heads)."""
     dout = np.asarray(dout, model.dtype)
     T, B = tape["T"], tape["B"]
     expected = tape["feat"].shape[:-1] + (model.output_size,)
@@ -78,10 +79,8 @@ def head_backward(model, dout, tape):
     H, dirs = stack.hidden_size, stack.directions
     if model.head == "step":
         return dfeat, None
-    if model.head == "mean":
-        lengths = tape["lengths"]
-        counts = np.full((B, 1), T) if lengths is None else np.asarray(lengths)[:, None]
-        return np.broadcast_to(dfeat / counts.astype(model.dtype), (T, B, dirs * H)), None
+    if model.head in POOLED:
+        return model.pool_backward(dfeat, tape), None
     shape = (stack.num_layers * dirs, B, H)
     dh = np.zeros(shape, model.dtype)
     for d in range(dirs):                                       # feat = the top layer's h_n
@@ -111,9 +110,9 @@ def lag_profile(model, tape, dout, t=None):
     """
     rnn_tape = tape["rnn"]
     T = rnn_tape.T
-    if model.head == "mean":
-        raise ValueError("lag_profile: a 'mean' head's loss reads every step; the lag from one "
-                         "loss step is defined for 'step' and 'last' heads")
+    if model.head in POOLED:
+        raise ValueError(f"lag_profile: a {model.head!r} head's loss reads every step; the lag "
+                         f"from one loss step is defined for 'step' and 'last' heads")
     if rnn_tape.mask is not None:
         raise ValueError("lag_profile: expected sequences of equal length (no lengths=)")
     if model.head == "last":
@@ -253,7 +252,8 @@ def report(model, tape, dout, *, t=None, loss=None):
     """Every diagnostic of ``model`` at one batch, from its forward ``tape`` and dL/dout, as a
     JSON-ready dict: ``step_norms``, ``lag`` (``t`` and ``profile``), ``saturation``,
     ``spectral``, ``verdict`` (from the top layer's forward direction) and ``loss`` if given.
-    A ``mean`` head has no single loss step: its ``lag`` and ``verdict`` are None.
+    A pooling head (``mean``, ``max``, ``meanmax``) has no single loss step: its ``lag`` and
+    ``verdict`` are None.
 
     Costs one backward pass through the stack (two for a ``step`` head: the whole loss, then the
     loss at step t alone); the tape can be backpropagated again afterwards.
@@ -268,7 +268,7 @@ def report(model, tape, dout, *, t=None, loss=None):
         t = rnn_tape.T - 1
     elif model.head == "step":
         profile, t = lag_profile(model, tape, dout, t)
-    if model.head != "mean":
+    if model.head not in POOLED:
         lag = {"t": t, "profile": {k: v.tolist() for k, v in profile.items()}}
         verdict_ = verdict(profile[f"l{stack.num_layers - 1}"])
     return {"loss": loss, "T": rnn_tape.T, "B": rnn_tape.B,

@@ -5,8 +5,10 @@
 - stack: ``bptt.RNN``, ``LSTM`` or ``GRU``;
 - head, a linear map to ``output_size``: ``step`` (every step, (T, B, O): language models,
   forecasting), ``last`` (the top layer's final state, both directions concatenated, (B, O):
-  classification of a whole sequence; with lengths, each sequence's own last step) or ``mean``
-  (the mean of the top layer's outputs over each sequence's valid steps, (B, O)).
+  classification of a whole sequence; with lengths, each sequence's own last step), ``mean``
+  (the mean of the top layer's outputs over each sequence's valid steps, (B, O)), ``max`` (their
+  elementwise maximum over the valid steps, max-pooling over time) or ``meanmax`` (the two
+  concatenated, mean first: the linear map reads 2 * dirs * H features).
 
 Parameter names are those of the equivalent ``torch.nn.Module`` with attributes ``embedding`` or
 ``proj``, ``rnn`` and ``head``: ``embedding.weight``, ``rnn.weight_ih_l0``, ``head.weight`` ...
@@ -20,7 +22,8 @@ from .layers import GRU, LSTM, RNN
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 INPUTS = ("embedding", "linear", "identity")
-HEADS = ("step", "last", "mean")
+HEADS = ("step", "last", "mean", "max", "meanmax")
+POOLED = ("mean", "max", "meanmax")     # heads that pool the outputs over the valid steps
 
 
 class Model:
@@ -61,7 +64,8 @@ class Model:
         for k, v in self.rnn.params.items():
             self.params[f"rnn.{k}"] = v
         top = self.rnn.hidden_size * self.rnn.directions
-        self.params.update(_linear_params("head", top, self.output_size, rng, self.dtype))
+        n_feat = 2 * top if head == "meanmax" else top
+        self.params.update(_linear_params("head", n_feat, self.output_size, rng, self.dtype))
 
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
@@ -115,9 +119,11 @@ class Model:
         elif self.head == "last":
             feat = self._last_features(state_n)
         else:
-            feat = y.sum(axis=0) / self._counts(lengths, T, B)        # y is zero past each length
+            feat, argmax = self._pool(y, lengths)
         out = feat @ W.T + b
         tape = dict(inp=inp, rnn=rnn_tape, feat=feat, lengths=lengths, T=T, B=B)
+        if self.head in ("max", "meanmax"):
+            tape["argmax"] = argmax
         return out, state_n, tape
 
     def backward(self, dout, tape, dstate_n=None):
@@ -135,12 +141,12 @@ class Model:
         grads["head.bias"] = d2.sum(axis=0)
         dfeat = dout @ W
         H, dirs = self.rnn.hidden_size, self.rnn.directions
-        dy = np.zeros((T, B, H * dirs), self.dtype)
         if self.head == "step":
             dy = dfeat
-        elif self.head == "mean":
-            dy[...] = dfeat / self._counts(tape["lengths"], T, B)   # padded steps: masked by rnn
+        elif self.head in POOLED:
+            dy = self.pool_backward(dfeat, tape)
         else:
+            dy = np.zeros((T, B, H * dirs), self.dtype)
             dstate_n = self._add_last_grad(dstate_n, dfeat)
         dx, dstate0, rnn_grads = self.rnn.backward(dy, tape["rnn"], dstate_n)
         for k, v in rnn_grads.items():
@@ -178,6 +184,35 @@ class Model:
         for d in range(dirs):
             dh[dh.shape[0] - dirs + d] += dfeat[:, d * H:(d + 1) * H]
         return dstate_n
+
+    def _pool(self, y, lengths):
+        """The pooled features (B, F) of a pooling head, and the step of each maximum (B, dirs*H)
+        (None for ``mean``)."""
+        T, B = y.shape[:2]
+        mean = y.sum(axis=0) / self._counts(lengths, T, B)          # y is zero past each length
+        if self.head == "mean":
+            return mean, None
+        valid = np.ones((T, B, 1), bool) if lengths is None else \
+            (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[..., None]
+        argmax = np.where(valid, y, -np.inf).argmax(axis=0)   # (B, dirs*H); padding never wins
+        mx = np.take_along_axis(y, argmax[None], axis=0)[0]
+        if self.head == "max":
+            return mx, argmax
+        return np.concatenate([mean, mx], axis=1), argmax             # (B, 2*dirs*H)
+
+    def pool_backward(self, dfeat, tape):
+        """dL/dy (T, B, dirs*H) of a pooling head from dL/dfeat (B, F)."""
+        T, B = tape["T"], tape["B"]
+        F = self.rnn.hidden_size * self.rnn.directions
+        dy = np.zeros((T, B, F), self.dtype)
+        if self.head in ("mean", "meanmax"):
+            # through mean = sum_t y_t / length (padded steps: masked by the rnn)
+            dy += dfeat[:, :F] / self._counts(tape["lengths"], T, B)
+        if self.head in ("max", "meanmax"):
+            # through max_t y_t: all of the gradient goes to the step that won (torch's choice)
+            b, f = np.indices((B, F))
+            dy[tape["argmax"], b, f] += dfeat[:, -F:]                 # one step per (b, f)
+        return dy
 
     def _counts(self, lengths, T, B):
         if lengths is None:

@@ -21,8 +21,10 @@ gradient of a batch is that of the mean loss over its B sequences,
 (for ``mse``, the mean over the B*O target elements), so a batch's gradient is the mean of its
 examples' gradients taken one at a time. With a validation set, the model is scored after every
 epoch: accuracy for ``ce`` (higher is better; a tie goes to the lower validation loss), the mean
-squared error for ``mse``. ``patience`` stops the run after that many epochs without a better
-score, and the parameters of the best epoch are put back into the model at the end.
+squared error for ``mse``; or, with ``select='loss'``, the validation loss for either.
+``patience`` stops the run after that many epochs without a better score, and the parameters of
+the best epoch are put back into the model at the end. The parameters named in ``freeze`` (say,
+pretrained embeddings) keep their values: the optimizer and the clipping never see them.
 
 With ``out_dir``: ``metrics.jsonl`` (one line per epoch), ``loss.png`` and ``checkpoint.npz``
 (``bptt.checkpoint``: the final parameters, the model's configuration and the history; no pickle),
@@ -54,6 +56,7 @@ from .optim import Schedule, build_optimizer
 LOSSES = ("ce", "mse")
 BUCKET_POOL = 50    # batches sorted by length together when FitConfig.bucket is on
 SCHEDULES = ("constant", "cosine", "step")
+SELECT = ("metric", "loss")
 
 
 # ---------------------------------------------------------------------- data
@@ -188,6 +191,8 @@ class FitConfig:
     seed: int = 0                  # batch order and dropout masks
     loss: str = "ce"               # ce (class labels) | mse (real targets)
     bucket: bool = False           # batches of similar lengths (see _batches): less padding
+    select: str = "metric"         # the best epoch by: metric (see fit) | loss (validation)
+    freeze: tuple = ()             # names of parameters the optimizer leaves as they are
     progress: bool = False
 
     def __post_init__(self):
@@ -214,6 +219,12 @@ class FitConfig:
             raise ValueError(f"FitConfig: expected bucket True or False, got {self.bucket!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"FitConfig: expected loss 'ce' or 'mse', got {self.loss!r}")
+        if self.select not in SELECT:
+            raise ValueError(f"FitConfig: expected select 'metric' or 'loss', got "
+                             f"{self.select!r}")
+        if isinstance(self.freeze, str) or not all(isinstance(k, str) for k in self.freeze):
+            raise ValueError(f"FitConfig: expected freeze a tuple of parameter names, got "
+                             f"{self.freeze!r}")
 
 
 @dataclass
@@ -264,7 +275,12 @@ def fit(model, train, valid=None, cfg=None, out_dir=None):
     if valid is not None:
         _check_pair(model, valid, cfg.loss, "valid")
 
-    optimizer = build_optimizer(cfg.optimizer, model.params, lr=cfg.lr,
+    unknown = sorted(set(cfg.freeze) - set(model.params))
+    if unknown:
+        raise ValueError(f"fit: expected freeze to name parameters of the model, got unknown "
+                         f"{unknown}")
+    trained = {k: v for k, v in model.params.items() if k not in cfg.freeze}
+    optimizer = build_optimizer(cfg.optimizer, trained, lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
     n = len(train)
     per_epoch = math.ceil(n / cfg.batch)
@@ -289,6 +305,7 @@ def fit(model, train, valid=None, cfg=None, out_dir=None):
                 x, lengths = train.batch(idx)
                 value, grads = loss_and_grads(model, x, train.y[idx], lengths, loss=cfg.loss,
                                               training=True, rng=dropout_rng)
+                grads = {k: grads[k] for k in trained}     # frozen: no step, no clipping share
                 if not math.isfinite(value):
                     result.stop_reason = f"the loss is not finite in epoch {epoch}"
                     break
@@ -306,6 +323,8 @@ def fit(model, train, valid=None, cfg=None, out_dir=None):
                 record.update(valid_loss=v_loss, valid_metric=v_metric)
                 # ce: accuracy up, then loss down; mse: error down
                 key = (v_metric, -v_loss) if cfg.loss == "ce" else (-v_metric,)
+                if cfg.select == "loss":
+                    key = (-v_loss,)
                 if best_key is None or key > best_key:
                     best_key, bad_epochs = key, 0
                     best_params = model.state_dict()

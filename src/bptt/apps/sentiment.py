@@ -38,9 +38,10 @@ import numpy as np
 
 from ..cli_options import add_options
 from ..data import sentiment as sd
-from ..model import CELLS, Model
+from ..model import CELLS, POOLED, Model
 from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
 
+HEADS = ("last", *POOLED)
 BASELINE_C = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
@@ -66,14 +67,17 @@ class SentimentConfig:
     schedule: str = "constant"        # constant | cosine (down to 0 over all the epochs)
     weight_decay: float = 0.0
     patience: int | None = 3
+    select: str = "accuracy"          # the epoch kept: best validation accuracy | loss
     pretrain: str = "word2vec"        # none | word2vec (embeddings from unlabeled text)
-    ensemble: int = 5                 # models of seeds seed, seed+1, ...; probabilities averaged
+    freeze_embeddings: bool = False   # the embeddings keep their initial values
+    ensemble: int = 10                # models of seeds seed, seed+1, ...; probabilities averaged
     split_seed: int = 0
     seed: int = 0
     baseline: bool = True
 
 
 PRETRAIN = ("none", "word2vec")
+SELECT = ("accuracy", "loss")
 GENSIM_INSTALL = "pip install gensim==4.4.0"
 WORD2VEC = dict(window=5, sg=1, negative=5, epochs=10, min_count=1)    # gensim Word2Vec options
 
@@ -159,12 +163,15 @@ def tfidf_baseline(tokens, labels, split, cs=BASELINE_C):
 
 def check_config(cfg):
     """Errors at the door, before the minutes of loading and training."""
-    if cfg.head not in ("mean", "last"):
-        raise ValueError(f"sentiment: expected head 'mean' or 'last', got {cfg.head!r}")
+    if cfg.head not in HEADS:
+        raise ValueError(f"sentiment: expected head one of {', '.join(HEADS)}, got {cfg.head!r}")
     if cfg.cell not in CELLS:
         raise ValueError(f"sentiment: expected cell one of {', '.join(CELLS)}, got {cfg.cell!r}")
     if not 0 <= cfg.word_dropout < 1:
         raise ValueError(f"sentiment: expected word_dropout in [0, 1), got {cfg.word_dropout!r}")
+    if cfg.select not in SELECT:
+        raise ValueError(f"sentiment: expected select one of {', '.join(SELECT)}, got "
+                         f"{cfg.select!r}")
     if cfg.pretrain not in PRETRAIN:
         raise ValueError(f"sentiment: expected pretrain one of {', '.join(PRETRAIN)}, got "
                          f"{cfg.pretrain!r}")
@@ -210,7 +217,9 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
     fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, optimizer=cfg.optimizer, lr=cfg.lr,
                         schedule=cfg.schedule,
                         weight_decay=cfg.weight_decay, patience=cfg.patience, seed=seed,
-                        loss="ce", clip=5.0, bucket=cfg.bucket, progress=progress)
+                        loss="ce", clip=5.0, bucket=cfg.bucket, progress=progress,
+                        select="loss" if cfg.select == "loss" else "metric",
+                        freeze=("embedding.weight",) if cfg.freeze_embeddings else ())
     if cfg.word_dropout:
         train = WordDropout(train, cfg.word_dropout, vocab.index[sd.UNK], [seed, 3])
     return model, fit(model, train, valid, fit_cfg, out_dir)
@@ -314,7 +323,8 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
     "embed": (int, "word embedding size"),
     "hidden": (int, "hidden units per layer and direction"),
     "layers": (int, "stacked recurrent layers"),
-    "head": (str, "mean (of the outputs over each snippet) or last (final states)"),
+    "head": (str, "mean, max or meanmax (of the outputs over each snippet; meanmax: both "
+                  "concatenated) or last (final states)"),
     "dropout": (float, "dropout between stacked layers"),
     "word_dropout": (float, "training: probability that a word is replaced by <unk>"),
     "min_count": (int, "words seen fewer times in training become <unk>"),
@@ -326,7 +336,8 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
     "lr": (float, "learning rate"),
     "schedule": (str, "learning-rate schedule: constant or cosine"),
     "weight_decay": (float, "L2 weight decay"),
-    "patience": (int, "early stopping: epochs without a better validation accuracy"),
+    "patience": (int, "early stopping: epochs without a better validation score (see select)"),
+    "select": (str, "the epoch kept: best validation accuracy or loss"),
     "pretrain": (str, "initial embeddings: none (random) or word2vec (skip-gram on the training "
                       "snippets and the plot summaries)"),
     "ensemble": (int, "models trained with seeds seed, seed+1, ...; their probabilities are "
@@ -349,6 +360,9 @@ def add_parser(apps):
                    help=f"read each snippet both ways (default {defaults.bidirectional})")
     p.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=None,
                    help=f"batch snippets of similar lengths together (default {defaults.bucket})")
+    p.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"keep the initial (word2vec) embeddings fixed (default "
+                        f"{defaults.freeze_embeddings})")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the TF-IDF + logistic regression baseline")
     p.add_argument("--out", metavar="DIR", default="runs/sentiment",
@@ -358,7 +372,8 @@ def add_parser(apps):
 
 
 def cli_run(args):
-    options = {k: getattr(args, k) for k in (*CLI_OPTIONS, "bidirectional", "bucket")
+    switches = ("bidirectional", "bucket", "freeze_embeddings")
+    options = {k: getattr(args, k) for k in (*CLI_OPTIONS, *switches)
                if getattr(args, k) is not None}
     cfg = SentimentConfig(baseline=args.baseline, **options)
     t0 = time.perf_counter()
