@@ -121,6 +121,38 @@ def test_fast_equals_reference_other_sizes(backend, variant, size):
         assert rel_err(a, b) < 1e-12
 
 
+@pytest.mark.skipif(COMPILED["native"] is None, reason="backend 'native' is not available here")
+@pytest.mark.parametrize("split", ["rows", "units", "auto"])
+@pytest.mark.parametrize("size", [(4, 26, 5, 40), (3, 13, 3, 17), (3, 2, 4, 33)],
+                         ids=["B26H40", "B13H17", "B2H33"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_native_threads_split_by_rows_or_units_agree_with_reference(monkeypatch, variant, size,
+                                                                    split):
+    """Every step on all threads (min_work 0), the threads splitting the batch rows (each one
+    runs its rows' recurrence with no barrier; bias sums per thread, added at the end) or the
+    hidden units: both give the reference's results, masks, clipping and records included."""
+    native = COMPILED["native"]
+    if native._lib.max_threads() < 2:
+        pytest.skip("one OpenMP thread here: nothing to split")
+    monkeypatch.setattr(native, "min_work", 0)
+    native.set_split(split)
+    try:
+        for bias, masked in ((True, True), (True, False), (False, True)):
+            (ref, *_), (got, *_) = both("native", variant, np.float64, bias, masked, 0.7,
+                                        seed_of("split", variant, size, bias, masked), size)
+            for a, b in zip(got, ref, strict=True):
+                assert rel_err(a, b) < 1e-12
+    finally:
+        native.set_split("auto")
+
+
+def test_native_split_rejects_an_unknown_mode():
+    if COMPILED["native"] is None:
+        pytest.skip("backend 'native' is not available here")
+    with pytest.raises(ValueError, match="expected one of auto, rows, units, got 'cols'"):
+        COMPILED["native"].set_split("cols")
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tapes_are_interchangeable(backend, variant):

@@ -9,7 +9,8 @@ C++20 compiler is there; importing this package raises ImportError when it was n
 
 Threads: OpenMP's limit (``OMP_NUM_THREADS``, or ``threadpoolctl``), but one thread for a step
 smaller than ``min_work`` multiply-adds (``BPTT_NATIVE_MIN_WORK``), where a barrier per step
-would cost more than it saves.
+would cost more than it saves. The threads split a step's hidden units (one barrier per step)
+or, for small steps, its batch rows (no barrier at all); see ``set_split``.
 """
 
 import ctypes
@@ -28,6 +29,20 @@ if _spec is None or _spec.origin is None:
 _lib = ctypes.CDLL(_spec.origin)
 
 min_work = int(os.environ.get("BPTT_NATIVE_MIN_WORK", 1 << 18))
+SPLITS = ("auto", "rows", "units")
+
+
+def set_split(mode):
+    """How the loops split their threads over a step: ``"units"`` (blocks of hidden units, one
+    barrier per step), ``"rows"`` (batch rows, each thread running its rows' whole recurrence,
+    no barrier), or ``"auto"`` (rows where each thread has at least two row blocks and the
+    packed weights fit in its L2 cache, else units). Process-wide; ``BPTT_NATIVE_SPLIT`` sets it
+    at import. The results are the same either way, up to the order of float additions in the
+    bias gradients."""
+    if mode not in SPLITS:
+        raise ValueError(f"bptt.native.set_split: expected one of {', '.join(SPLITS)}, got "
+                         f"{mode!r}")
+    _lib.set_split(SPLITS.index(mode))
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int
@@ -40,6 +55,9 @@ _SIGNATURES = {  # argument kinds: p pointer, i int, l long, r a real of the dty
     "rnn_forward": "pppp" + "i" + "pp" + "i" + "iii" + "l",
     "rnn_backward": "ppppp" + "i" + "r" + "ppppp" + "iii" + "l",
 }
+_lib.set_split.argtypes = [ctypes.c_int]
+_lib.set_split.restype = None
+set_split(os.environ.get("BPTT_NATIVE_SPLIT", "auto"))
 _FUNCS = {}
 for _name, _kinds in _SIGNATURES.items():
     for _dt, _suffix, _real in ((np.float32, "f32", ctypes.c_float),
