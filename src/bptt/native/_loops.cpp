@@ -343,6 +343,7 @@ template <int MR, class F> AI void rows(int r0, int r1, F &&blk) {
 // The forward of a gated cell: every step, for each row block and block of L units, the tile
 // [x_t, h_t][rows] @ P (all gates of those units; NACC accumulators a row, see tile) and
 // epi(t, b, j0, n, acc[r]) on each of its rows. pack(lo, hi) packs blocks lo .. hi-1 of P first.
+// The threads split the units or, for small steps, the rows (split_by_rows, run_steps).
 template <class R, int G, int MR, bool SPLIT = false, class Pack, class Epi>
 void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, long min_work,
                 Pack pack, Epi epi) {
