@@ -178,9 +178,9 @@ def workspace(shape, dtype):
                 return buf.view(dt).reshape(shape)
         buf = np.empty(nbytes, np.uint8)
         _workspace.append(buf)
-        for i in [i for i in range(len(_workspace)) if _free(i)][:len(_workspace) - WORKSPACE_KEEP]:
-            _workspace[i] = None
-        _workspace[:] = [b for b in _workspace if b is not None]
+        free = [i for i in range(len(_workspace)) if _free(i)]  # least recently used first
+        drop = set(free[:len(_workspace) - WORKSPACE_KEEP])
+        _workspace[:] = [b for i, b in enumerate(_workspace) if i not in drop]
         return buf.view(dt).reshape(shape)
 
 

@@ -187,9 +187,13 @@ AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, con
 // first nhalf gates (the sigmoid gates' rows halved, exactly, see bptt.cells.gates), else 1.
 // alloc_forward makes the buffer; pack_forward fills blocks jb0 .. jb1-1 (each thread packs the
 // blocks it multiplies by, see run_steps).
-template <class R> R *alloc_forward(int D, int H, int G) {
+template <class R> size_t forward_bytes(int D, int H, int G) {
     const int L = VT<R>::L, nb = (H + L - 1) / L;
-    return static_cast<R *>(std::aligned_alloc(64, sizeof(R) * size_t(nb) * (D + H) * G * L));
+    return sizeof(R) * size_t(nb) * (D + H) * G * L;
+}
+
+template <class R> R *alloc_forward(int D, int H, int G) {
+    return static_cast<R *>(std::aligned_alloc(64, forward_bytes<R>(D, H, G)));
 }
 
 template <class R>
@@ -350,7 +354,7 @@ void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, 
     typedef typename VT<R>::V V;
     const int L = VT<R>::L, nb = (H + L - 1) / L;
     int nt = threads_for(long(B) * G * H * (D + H), nb, min_work);
-    bool by_rows = split_by_rows(B, MR, nt, sizeof(R) * size_t(nb) * (D + H) * G * L);
+    bool by_rows = split_by_rows(B, MR, nt, forward_bytes<R>(D, H, G));
     run_steps<R>(T, nb, nt, B, MR, by_rows, pack, [&](int t, int lo, int hi, int r0, int r1) {
         for (int jb = lo; jb < hi; jb++) {
             const int j0 = jb * L, n = std::min(L, H - j0);
