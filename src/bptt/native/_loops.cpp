@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -181,52 +182,121 @@ AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, con
     accumulate<R, MR, NP, NP + SPLIT, SPLIT>(K2, A2, lda2, P + long(K1) * NP * L, acc);
 }
 
+// ---- buffers for the packed weights ------------------------------------------------------------
+
+// The packed weights (0.1 to 8 MB) are made on every call. Fresh from malloc, a buffer that size
+// is new mmapped memory, which the kernel zeroes page by page on its first write: 512 page
+// faults (about 1 ms) for the 2 MB of an LSTM at D = H = 256, every forward and every backward.
+// The pool keeps the last few freed buffers for the next calls instead (any thread; a call takes
+// the smallest that fits).
+class Pool {
+    static constexpr int KEEP = 4;
+    std::mutex m_;
+    void *buf_[KEEP] = {};
+    size_t size_[KEEP] = {};
+    int n_ = 0;
+
+  public:
+    void *get(size_t bytes) {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            int best = -1;
+            for (int i = 0; i < n_; i++)
+                if (size_[i] >= bytes && (best < 0 || size_[i] < size_[best])) best = i;
+            if (best >= 0) {
+                void *p = buf_[best];
+                n_--;
+                buf_[best] = buf_[n_], size_[best] = size_[n_];
+                return p;
+            }
+        }
+        return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    }
+    // bytes: the size get was asked for, rounded as it rounds
+    void put(void *p, size_t bytes) {
+        if (!p) return;
+        bytes = (bytes + 63) / 64 * 64;
+        std::lock_guard<std::mutex> lock(m_);
+        if (n_ == KEEP) {  // make room: drop the smallest
+            int small = 0;
+            for (int i = 1; i < n_; i++)
+                if (size_[i] < size_[small]) small = i;
+            if (size_[small] > bytes) {
+                std::free(p);
+                return;
+            }
+            std::free(buf_[small]);
+            n_--;
+            buf_[small] = buf_[n_], size_[small] = size_[n_];
+        }
+        buf_[n_] = p, size_[n_] = bytes, n_++;
+    }
+    void clear() {
+        std::lock_guard<std::mutex> lock(m_);
+        for (int i = 0; i < n_; i++) std::free(buf_[i]);
+        n_ = 0;
+    }
+};
+Pool pool;
+
+// A buffer of the pool for one call: p (NULL if out of memory), given back when it goes.
+template <class R> struct Packed {
+    size_t bytes;
+    R *p;
+    explicit Packed(size_t n) : bytes(n), p(static_cast<R *>(pool.get(n))) {}
+    ~Packed() { pool.put(p, bytes); }
+    Packed(const Packed &) = delete;
+    Packed &operator=(const Packed &) = delete;
+};
+
 // The forward's weights, packed: P[jb][k][q][L] = s_q [W_ih^T; W_hh^T][k, q * H + jb * L + l],
 // k < D + H (zero past H): the input and the recurrent product of a step in one pass. Wx (G*H,
 // D) and Wh (G*H, H) come in the cell's gate order, as the tape keeps them; s_q = 1/2 for the
 // first nhalf gates (the sigmoid gates' rows halved, exactly, see bptt.cells.gates), else 1.
-// alloc_forward makes the buffer; pack_forward fills blocks jb0 .. jb1-1 (each thread packs the
-// blocks it multiplies by, see run_steps).
+// Packed<R>(forward_bytes) holds the buffer; pack_forward fills blocks jb0 .. jb1-1 (each thread
+// packs the blocks it multiplies by, see run_steps).
 template <class R> size_t forward_bytes(int D, int H, int G) {
     const int L = VT<R>::L, nb = (H + L - 1) / L;
     return sizeof(R) * size_t(nb) * (D + H) * G * L;
 }
 
-template <class R> R *alloc_forward(int D, int H, int G) {
-    return static_cast<R *>(std::aligned_alloc(64, forward_bytes<R>(D, H, G)));
-}
 
 template <class R>
 void pack_forward(R *p, const R *Wx, int D, const R *Wh, int H, int G, int nhalf, int jb0,
                   int jb1) {
-    const int L = VT<R>::L, K = D + H;
-    for (int jb = jb0; jb < jb1; jb++)
-        for (int k = 0; k < K; k++) {
-            const R *W = k < D ? Wx + k : Wh + (k - D);
-            const long ld = k < D ? D : H;
+    // in blocks of KB columns of W, so that both the rows read and the panel rows written stay
+    // in L1: a whole column of W at a time reads one float per cache line, with a stride of a
+    // power of two at the usual sizes (2.5 ms for the 2 MB of weights at D = H = 256)
+    const int L = VT<R>::L, K = D + H, KB = 16;
+    for (int jb = jb0; jb < jb1; jb++) {
+        R *pj = p + long(jb) * K * G * L;
+        const int n = std::min(L, H - jb * L);
+        for (int k0 = 0; k0 < K; k0 += KB) {
+            const int k1 = std::min(K, k0 + KB);
             for (int q = 0; q < G; q++) {
                 const R s = q < nhalf ? R(0.5) : R(1);
                 for (int l = 0; l < L; l++) {
-                    int j = jb * L + l;
-                    p[((long(jb) * K + k) * G + q) * L + l] = j < H ? W[(q * H + j) * ld] * s
-                                                                    : R(0);
+                    const long j = long(q) * H + jb * L + l;  // the row of W
+                    R *out = pj + long(q) * L + l;
+                    for (int k = k0; k < k1; k++)
+                        out[long(k) * G * L] = l >= n ? R(0)
+                                               : k < D ? Wx[j * D + k] * s
+                                                       : Wh[j * H + (k - D)] * s;
                 }
             }
         }
+    }
 }
 
 // A (K + K2, H) matrix, W's K rows then W2's K2, packed in panels of NVB blocks of L units:
 // P[jp][k][v][L] = [W; W2][k, j], j = (jp * NVB + v) * L + l (zero past H). The backward's W_hh
-// (K = G * H, no W2); the RNN's [W_ih^T; W_hh^T]. alloc_units makes the buffer, pack_units
-// fills panels jp0 .. jp1-1.
+// (K = G * H, no W2); the RNN's [W_ih^T; W_hh^T]. Packed<R>(units_bytes) holds the buffer,
+// pack_units fills panels jp0 .. jp1-1.
 template <class R> size_t units_bytes(int H, int K, int NVB) {
     const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
     return sizeof(R) * size_t(npan) * K * NVB * L;
 }
 
-template <class R> R *alloc_units(int H, int K, int NVB) {
-    return static_cast<R *>(std::aligned_alloc(64, units_bytes<R>(H, K, NVB)));
-}
 
 template <class R>
 void pack_units(R *p, const R *W, int H, int K, int NVB, const R *W2, int K2, int jp0,
@@ -439,13 +509,11 @@ int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K
     typedef typename VT<R>::V V;
     const int nt = unit_threads<R>(B, K + K2, H, min_work);
     const bool by_rows = split_by_rows(B, UNIT_MR, nt, units_bytes<R>(H, K + K2, NVB));
-    R *P = alloc_units<R>(H, K + K2, NVB);
+    Packed<R> packed(units_bytes<R>(H, K + K2, NVB));
+    R *P = packed.p;
     R *parts = db && by_rows ? static_cast<R *>(std::calloc(size_t(nt) * ndb, sizeof(R)))
                              : nullptr;
-    if (!P || (db && by_rows && !parts)) {
-        std::free(P);
-        return -1;
-    }
+    if (!P || (db && by_rows && !parts)) return -1;
     auto sums = [&]() -> R * {
         if (!parts) return db;
 #ifdef _OPENMP
@@ -470,7 +538,6 @@ int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K
         for (int t = 0; t < nt; t++)
             for (int k = 0; k < ndb; k++) db[k] += parts[long(t) * ndb + k];
     std::free(parts);
-    std::free(P);
     return 0;
 }
 
@@ -484,7 +551,8 @@ int lstm_forward(const R *Wx, const R *Wh, const R *bias, const R *x, int D, R *
     // two rows, not T + 1
     typedef typename VT<R>::V V;
     const int G = 4;
-    R *P = alloc_forward<R>(D, H, G);
+    Packed<R> packed(forward_bytes<R>(D, H, G));
+    R *P = packed.p;
     if (!P) return -1;
     auto pack = [&](int lo, int hi) { pack_forward(P, Wx, D, Wh, H, G, 3, lo, hi); };
     gate_steps<R, G, 6>(P, x, D, h, T, B, H, min_work, pack, [&](int t, long b, int j0, int n,
@@ -514,7 +582,6 @@ int lstm_forward(const R *Wx, const R *Wh, const R *bias, const R *x, int D, R *
         stn(c_next, cn, n);
         stn(h + (tb + B) * H + j0, hn, n);
     });
-    std::free(P);
     return 0;
 }
 
@@ -569,7 +636,8 @@ int gru_forward(const R *Wx, const R *Wh, const R *bias, const R *b_hn, const R 
     // inference
     typedef typename VT<R>::V V;
     const int G = 3;
-    R *P = alloc_forward<R>(D, H, G);
+    Packed<R> packed(forward_bytes<R>(D, H, G));
+    R *P = packed.p;
     if (!P) return -1;
     auto pack = [&](int lo, int hi) { pack_forward(P, Wx, D, Wh, H, G, 2, lo, hi); };
     // acc: r, z (input + recurrent parts), the n gate's input part, its recurrent part
@@ -595,7 +663,6 @@ int gru_forward(const R *Wx, const R *Wh, const R *bias, const R *b_hn, const R 
         }
         stn(h + (tb + B) * H + j0, hnew, n);
     });
-    std::free(P);
     return 0;
 }
 
@@ -641,7 +708,8 @@ template <class R>
 int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *h,
                 const R *mask, int relu, int T, int B, int H, long min_work) {
     typedef typename VT<R>::V V;
-    R *P = alloc_units<R>(H, D + H, NVB);
+    Packed<R> packed(units_bytes<R>(H, D + H, NVB));
+    R *P = packed.p;
     if (!P) return -1;
     const int nt = unit_threads<R>(B, D + H, H, min_work);
     const bool by_rows = split_by_rows(B, UNIT_MR, nt, units_bytes<R>(H, D + H, NVB));
@@ -661,7 +729,6 @@ int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R 
             stn(h + (tb + B) * H + j0, a, n);
         },
         H, H, [&](int t) { return h + long(t) * B * H; });
-    std::free(P);
     return 0;
 }
 
