@@ -146,6 +146,40 @@ def test_native_threads_split_by_rows_or_units_agree_with_reference(monkeypatch,
         native.set_split("auto")
 
 
+@pytest.mark.skipif(COMPILED["native"] is None, reason="backend 'native' is not available here")
+def test_native_calls_from_several_threads_at_once_agree_with_reference():
+    """The native loops keep their packed weights in a pool shared by all calls (a buffer that
+    fits, handed from call to call); Python threads that run them at the same time (ctypes lets
+    go of the GIL), at sizes whose buffers differ, each get the reference's results."""
+    import threading
+    jobs = []
+    for i, (variant, size) in enumerate((v, size) for v in ("lstm", "gru_after", "rnn_tanh")
+                                        for size in ((30, 8, 40, 64), (30, 6, 24, 96))):
+        module, opts = VARIANTS[variant]
+        w, x, state0, dstate_n, dy, mask = draw(np.random.default_rng(i), module, *size,
+                                                np.float64, True)
+        y, state_n, tape = module.forward(x, state0, w, mask, **opts)
+        ref = flat((y, state_n)) + flat(module.backward(dy, dstate_n, tape))
+        jobs.append((fast("native", module), opts, w, x, state0, dstate_n, dy, mask, ref))
+    errors = []
+
+    def run(cell, opts, w, x, state0, dstate_n, dy, mask, ref):
+        try:
+            for _ in range(20):
+                y, state_n, tape = cell.forward(x, state0, w, mask, **opts)
+                got = flat((y, state_n)) + flat(cell.backward(dy, dstate_n, tape))
+                errors.extend(e for e in map(rel_err, got, ref) if not e < 1e-12)
+        except Exception as e:  # noqa: BLE001 (reported by the assert below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 def test_native_split_rejects_an_unknown_mode():
     if COMPILED["native"] is None:
         pytest.skip("backend 'native' is not available here")
