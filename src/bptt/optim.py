@@ -25,6 +25,8 @@ PyTorch keeps one per parameter.
 import math
 import numbers
 
+import os
+
 import numpy as np
 
 
@@ -234,6 +236,10 @@ class Adam(Optimizer):
     def _update(self, p, g, state):
         lr, beta1, beta2, t = self.lr, self.beta1, self.beta2, self.step_count
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        fused = _fused_adam()
+        if fused is not None and fused(p, g, m, v, t, lr, beta1, beta2, self.eps,
+                                       self.weight_decay, self.decoupled):
+            return  # the lines below in one pass (bptt.native, where built): the same bits
         if self.weight_decay != 0:
             if self.decoupled:
                 p *= 1 - lr * self.weight_decay
@@ -450,6 +456,26 @@ class Schedule:
 
 
 # ---------------------------------------------------------------------- helpers
+FUSED = os.environ.get("BPTT_FUSED_OPTIM", "1") != "0"
+_FUSED_ADAM = []  # [the fused update, or None], once looked up
+
+
+def _fused_adam():
+    """``bptt.native.adam`` where the native extension was built (and ``FUSED`` is on: set
+    ``BPTT_FUSED_OPTIM=0`` to keep every update in NumPy), else None. Adam's NumPy update makes
+    ten passes over each parameter, each with a temporary of its size: 6.4 ms a step for the
+    1.37 M parameters of the sentiment model, where one pass takes a fraction of it."""
+    if not FUSED:
+        return None
+    if not _FUSED_ADAM:
+        try:
+            from .native import adam
+        except ImportError:
+            adam = None
+        _FUSED_ADAM.append(adam)
+    return _FUSED_ADAM[0]
+
+
 def _lerp_(start, end, weight):
     """start += weight * (end - start), in place, rounded the way torch.lerp rounds it."""
     if weight < 0.5:

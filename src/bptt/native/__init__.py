@@ -151,6 +151,34 @@ def matmuls(pairs):
     return outs
 
 
+for _suffix, _dt, _real in (("f32", np.float32, ctypes.c_float),
+                            ("f64", np.float64, ctypes.c_double)):
+    _f = getattr(_lib, f"adam_{_suffix}")
+    _f.restype = None
+    _f.argtypes = [_P] * 4 + [_L, _I, _real, _real, _I] + [_real] * 7
+    _FUNCS["adam", np.dtype(_dt)] = _f
+
+
+def adam(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """``bptt.optim.Adam``'s update of one parameter p (and its state m, v) in place, in one
+    pass: the same operations in the same order with the same roundings, so the same bits.
+    Returns False, and changes nothing, where the arrays are not all C-contiguous float32 or
+    float64 of one dtype (the caller then runs NumPy's)."""
+    dt = p.dtype
+    if (dt.type not in (np.float32, np.float64) or not p.flags.writeable
+            or any(a.dtype != dt or not a.flags.c_contiguous or a.shape != p.shape
+                   for a in (p, g, m, v))):
+        return False
+    r = dt.type
+    w = 1 - beta1
+    _FUNCS["adam", dt](p.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, p.size,
+                       0 if weight_decay == 0 else 2 if decoupled else 1, r(weight_decay),
+                       r(1 - lr * weight_decay), int(w < 0.5), r(w), r(1 - w), r(beta2),
+                       r(1 - beta2), r((1 - beta2 ** step) ** 0.5), r(eps),
+                       r(lr / (1 - beta1 ** step)))
+    return True
+
+
 WORKSPACE_MIN_BYTES = 1 << 24
 WORKSPACE_KEEP = 8
 _workspace = []  # big buffers handed out before, least recently used first (flat, uint8)
