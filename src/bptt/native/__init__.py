@@ -55,6 +55,8 @@ _SIGNATURES = {  # argument kinds: p pointer, i int, l long, r a real of the dty
     "rnn_forward": "pppp" + "i" + "pp" + "i" + "iii" + "l",
     "rnn_backward": "ppppp" + "i" + "r" + "ppppp" + "iii" + "l",
 }
+_lib.release_packed.argtypes = []
+_lib.release_packed.restype = None
 _lib.set_split.argtypes = [ctypes.c_int]
 _lib.set_split.restype = None
 set_split(os.environ.get("BPTT_NATIVE_SPLIT", "auto"))
@@ -224,9 +226,12 @@ def no_buffer(shape, dtype):
 
 
 def release_workspace():
-    """Let go of the buffers ``workspace`` keeps (those still in use live on with their users)."""
+    """Let go of the buffers ``workspace`` keeps (those still in use live on with their users),
+    and of the packed weights that the loops keep for their next calls (up to four buffers, each
+    the size of a layer's weights)."""
     with _workspace_lock:
         _workspace.clear()
+    _lib.release_packed()
 
 
 def transposed(w, dtype=None):

@@ -888,6 +888,9 @@ BOTH(ADAM)
 // How the loops split their threads: 0 by the rule of split_by_rows, 1 by rows, 2 by units.
 EXPORT void set_split(int mode) { split_mode = mode; }
 
+// Frees the packed-weight buffers the pool keeps (bptt.native.release_workspace).
+EXPORT void release_packed() { pool.clear(); }
+
 EXPORT int max_threads() {
 #ifdef _OPENMP
     return omp_get_max_threads();
