@@ -24,7 +24,6 @@ PyTorch keeps one per parameter.
 
 import math
 import numbers
-
 import os
 
 import numpy as np
