@@ -57,14 +57,26 @@ def test_read_corpus_skips_plots_repeats_and_blanks(tmp_path):
     assert sd.read_corpus(plain).texts == c.texts
 
 
-def test_read_corpus_errors(tmp_path):
+READER_ERRORS = [  # reader, file content, the error's words
+    (sd.read_corpus, "label,text\nfresh,x\n", r"lacks the columns \['category', 'movie_name'\]"),
+    (sd.read_corpus, "category,text,movie_name\nplot,x,m\n", "has no fresh or rotten rows"),
+    (lambda path: sd.read_texts(path, "plot"), "label,text\nplot,x\n",
+     "lacks the columns category and text"),
+    (sd.read_general_inquirer, "Entry\tSource\tPositiv\nGOOD\tH4\tPositiv\n",
+     r"lacks the columns \['Negativ'\]"),
+    (sd.read_general_inquirer, "Entry\tSource\tPositiv\tNegativ\n", "has no entries"),
+    (sd.read_whissell, "word,valence\ngood,3\n", r"lacks the columns \['pleasantness'\]"),
+    (sd.read_whissell, "word,pleasantness\nvocabulary,0.0\n",
+     r"no word with a pleasantness in \[1, 3\]"),
+]
+
+
+@pytest.mark.parametrize("reader, content, match", READER_ERRORS)
+def test_readers_reject_bad_files(tmp_path, reader, content, match):
     path = tmp_path / "bad.csv"
-    path.write_text("label,text\nfresh,x\n")
-    with pytest.raises(ValueError, match=r"lacks the columns \['category', 'movie_name'\]"):
-        sd.read_corpus(path)
-    path.write_text("category,text,movie_name\nplot,x,m\n")
-    with pytest.raises(ValueError, match="has no fresh or rotten rows"):
-        sd.read_corpus(path)
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        reader(path)
 
 
 def test_missing_package_names_the_install_line(monkeypatch):
@@ -91,13 +103,6 @@ def test_plot_summaries_are_the_plot_rows(tmp_path, corpus):
     assert sd.read_texts(path, "rotten") == ["Dull."]
     plots = sd.load_plot_summaries()
     assert len(plots) == 1_083 and not set(plots) & set(corpus.texts)
-
-
-def test_read_texts_errors(tmp_path):
-    path = tmp_path / "bad.csv"
-    path.write_text("label,text\nplot,x\n")
-    with pytest.raises(ValueError, match="lacks the columns category and text"):
-        sd.read_texts(path, "plot")
 
 
 # --- lexicons and unlabeled text from other domains ----------------------------------------------
@@ -129,22 +134,6 @@ def test_lexicon_readers_by_hand(tmp_path):
     path.write_text(WHISSELL)
     assert sd.read_whissell(path) == pytest.approx({"abandon": -1.0, "don't": 1.3333 - 2,
                                                     "good": 0.75})
-
-
-def test_lexicon_readers_errors(tmp_path):
-    path = tmp_path / "bad.txt"
-    path.write_text("Entry\tSource\tPositiv\nGOOD\tH4\tPositiv\n")
-    with pytest.raises(ValueError, match=r"lacks the columns \['Negativ'\]"):
-        sd.read_general_inquirer(path)
-    path.write_text("Entry\tSource\tPositiv\tNegativ\n")
-    with pytest.raises(ValueError, match="has no entries"):
-        sd.read_general_inquirer(path)
-    path.write_text("word,valence\ngood,3\n")
-    with pytest.raises(ValueError, match=r"lacks the columns \['pleasantness'\]"):
-        sd.read_whissell(path)
-    path.write_text("word,pleasantness\nvocabulary,0.0\n")
-    with pytest.raises(ValueError, match=r"no word with a pleasantness in \[1, 3\]"):
-        sd.read_whissell(path)
 
 
 def test_real_lexicons():
@@ -368,8 +357,9 @@ def test_word2vec_embeddings_by_hand():
     assert not np.allclose(E[seen], other[seen])
 
 
-def test_ensemble_averages_the_members_probabilities(monkeypatch):
-    pytest.importorskip("gensim")
+def use_toy_corpus(monkeypatch):
+    """200 made-up snippets (fresh when they hold "good" or "fun") and two plot summaries in
+    place of the real corpus, for runs of the whole app in seconds."""
     rng = np.random.default_rng(0)
     words = ["good", "bad", "film", "dull", "fun", "plot", "!"]
     texts = [" ".join(rng.choice(words, rng.integers(1, 6))) + f" n{i}" for i in range(200)]
@@ -377,6 +367,11 @@ def test_ensemble_averages_the_members_probabilities(monkeypatch):
     monkeypatch.setattr(sd, "load_rotten_tomatoes",
                         lambda: sd.Corpus(texts, labels, ["m"] * len(texts)))
     monkeypatch.setattr(sd, "load_plot_summaries", lambda: ["A dull plot.", "A good film."])
+
+
+def test_ensemble_averages_the_members_probabilities(monkeypatch):
+    pytest.importorskip("gensim")
+    use_toy_corpus(monkeypatch)
     cfg = sentiment.SentimentConfig(embed=8, hidden=4, epochs=2, pretrain="word2vec",
                                     ensemble=2, seed=3, baseline=False)
     members = []
@@ -514,13 +509,7 @@ def test_pretrain_language_models_reads_the_stream_both_ways(monkeypatch):
 
 
 def test_ensemble_shares_the_language_models_of_the_base_seed(monkeypatch):
-    rng = np.random.default_rng(0)
-    words = ["good", "bad", "film", "dull", "fun", "plot", "!"]
-    texts = [" ".join(rng.choice(words, rng.integers(1, 6))) + f" n{i}" for i in range(200)]
-    labels = np.array(["good" in t or "fun" in t for t in texts], np.int64)
-    monkeypatch.setattr(sd, "load_rotten_tomatoes",
-                        lambda: sd.Corpus(texts, labels, ["m"] * len(texts)))
-    monkeypatch.setattr(sd, "load_plot_summaries", lambda: ["A dull plot.", "A good film."])
+    use_toy_corpus(monkeypatch)
     monkeypatch.setitem(sentiment.LM, "k1", 5)
     monkeypatch.setitem(sentiment.LM, "batch", 4)
     pretrained, started = [], []
