@@ -261,16 +261,48 @@ template <class R> size_t forward_bytes(int D, int H, int G) {
 }
 
 
+#ifdef __AVX512F__
+// out[k * stride + l] = s * W[l * ld + k] for l < L (L whole rows of W) and k < K: L rows turned
+// into K vectors, one gather each (the rows stay in L1/L2 across the K gathers).
+AI void rows_to_vectors(float *out, long stride, const float *W, long ld, int K, float s) {
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(int(ld)));
+    const __m512 vs = _mm512_set1_ps(s);
+    for (int k = 0; k < K; k++)
+        _mm512_storeu_ps(out + k * stride, _mm512_mul_ps(_mm512_i32gather_ps(idx, W + k, 4), vs));
+}
+AI void rows_to_vectors(double *out, long stride, const double *W, long ld, int K, double s) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32(int(ld)));
+    const __m512d vs = _mm512_set1_pd(s);
+    for (int k = 0; k < K; k++)
+        _mm512_storeu_pd(out + k * stride, _mm512_mul_pd(_mm512_i32gather_pd(idx, W + k, 8), vs));
+}
+#endif
+
 template <class R>
 void pack_forward(R *p, const R *Wx, int D, const R *Wh, int H, int G, int nhalf, int jb0,
                   int jb1) {
-    // in blocks of KB columns of W, so that both the rows read and the panel rows written stay
-    // in L1: a whole column of W at a time reads one float per cache line, with a stride of a
-    // power of two at the usual sizes (2.5 ms for the 2 MB of weights at D = H = 256)
     const int L = VT<R>::L, K = D + H, KB = 16;
     for (int jb = jb0; jb < jb1; jb++) {
         R *pj = p + long(jb) * K * G * L;
         const int n = std::min(L, H - jb * L);
+#ifdef __AVX512F__
+        // a whole block: each gate's L rows of W_ih and W_hh gathered into vectors of L units
+        // (a scalar copy read W column by column, one float per cache line: 1-4 ms a call)
+        if (n == L && long(L - 1) * std::max(D, H) < (1L << 31) / long(sizeof(R))) {
+            for (int q = 0; q < G; q++) {
+                const R s = q < nhalf ? R(0.5) : R(1);
+                const long j = long(q) * H + long(jb) * L;  // the block's first row of W
+                rows_to_vectors(pj + q * L, long(G) * L, Wx + j * D, D, D, s);
+                rows_to_vectors(pj + long(D) * G * L + q * L, long(G) * L, Wh + j * H, H, H, s);
+            }
+            continue;
+        }
+#endif
+        // in blocks of KB columns of W, so that both the rows read and the panel rows written
+        // stay in L1
         for (int k0 = 0; k0 < K; k0 += KB) {
             const int k1 = std::min(K, k0 + KB);
             for (int q = 0; q < G; q++) {
