@@ -115,14 +115,15 @@ def build_schedule(cfg):
 
 class StreamTrainer:
     """Trains ``model`` (a step-head language model) on ``stream`` (a ``CharStream`` of k1-step
-    batches) with TBPTT(k1, k2); evaluates on ``valid_ids``; writes to ``out_dir``."""
+    batches) with TBPTT(k1, k2); evaluates on ``valid_ids``; writes to ``out_dir`` (None: no
+    files, for callers that drive ``train_step`` themselves rather than ``run``)."""
 
     def __init__(self, model, stream, valid_ids, cfg, out_dir, extra_meta=None):
         if stream.seq_len != cfg.k1:
             raise ValueError(f"train: the stream's batches have {stream.seq_len} steps, "
                              f"expected k1 = {cfg.k1}")
         self.model, self.stream, self.valid_ids, self.cfg = model, stream, valid_ids, cfg
-        self.out_dir = os.fspath(out_dir)
+        self.out_dir = None if out_dir is None else os.fspath(out_dir)
         self.extra_meta = extra_meta or {}
         self.optimizer = build_optimizer(cfg.optimizer, model.params, lr=cfg.lr)
         self.schedule = build_schedule(cfg)

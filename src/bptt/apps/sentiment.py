@@ -59,15 +59,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..clip import clip_grad_norm
 from ..cli_options import add_options
 from ..data import sentiment as sd
 from ..data.text import CharStream
-from ..losses import softmax_cross_entropy
 from ..model import CELLS, POOLED, Model
-from ..optim import Adam
 from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
-from ..train import evaluate_bpc
+from ..train import StreamTrainer, TrainConfig, evaluate_bpc
 
 HEADS = ("last", *POOLED)
 BASELINE_C = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -182,6 +179,12 @@ def embed_size(cfg):
     return cfg.embed + len(LEXICON_COLUMNS[cfg.lexicon])
 
 
+def random_embeddings(seed, scale, shape):
+    """The N(0, scale^2) draw of seed ``seed`` that a member's embeddings start from where
+    nothing else sets them (and word2vec's table, for the words it has no vector of)."""
+    return np.random.default_rng([seed, 2]).normal(0.0, scale, shape)
+
+
 def word2vec_embeddings(token_lists, vocab, size, *, scale=0.1, seed=0, **options):
     """Initial embeddings (V, size) and how many words got a vector: skip-gram word2vec (gensim,
     one worker, so a seed repeats) on ``token_lists``; the vocabulary words' vectors scaled by
@@ -191,7 +194,7 @@ def word2vec_embeddings(token_lists, vocab, size, *, scale=0.1, seed=0, **option
 
     w2v = Word2Vec(token_lists, vector_size=size, seed=seed, workers=1,
                    hashfxn=_stable_hash, **{**WORD2VEC, **options})
-    E = np.random.default_rng([seed, 2]).normal(0.0, scale, (vocab.size, size))
+    E = random_embeddings(seed, scale, (vocab.size, size))
     known = [i for i, w in enumerate(vocab.words) if w in w2v.wv.key_to_index]
     vectors = w2v.wv[[vocab.words[i] for i in known]]
     E[known] = vectors / vectors.std() * scale
@@ -228,27 +231,18 @@ def tfidf_baseline(tokens, labels, split, cs=BASELINE_C):
 
 def check_config(cfg):
     """Errors at the door, before the minutes of loading and training."""
-    if cfg.head not in HEADS:
-        raise ValueError(f"sentiment: expected head one of {', '.join(HEADS)}, got {cfg.head!r}")
-    if cfg.cell not in CELLS:
-        raise ValueError(f"sentiment: expected cell one of {', '.join(CELLS)}, got {cfg.cell!r}")
+    for name, choices in (("head", HEADS), ("cell", CELLS), ("select", SELECT),
+                          ("pretrain", PRETRAIN), ("pretrain_text", PRETRAIN_TEXT),
+                          ("lexicon", LEXICON)):
+        value = getattr(cfg, name)
+        if value not in choices:
+            raise ValueError(f"sentiment: expected {name} one of {', '.join(choices)}, got "
+                             f"{value!r}")
     if not 0 <= cfg.word_dropout < 1:
         raise ValueError(f"sentiment: expected word_dropout in [0, 1), got {cfg.word_dropout!r}")
-    if cfg.select not in SELECT:
-        raise ValueError(f"sentiment: expected select one of {', '.join(SELECT)}, got "
-                         f"{cfg.select!r}")
-    if cfg.pretrain not in PRETRAIN:
-        raise ValueError(f"sentiment: expected pretrain one of {', '.join(PRETRAIN)}, got "
-                         f"{cfg.pretrain!r}")
-    if cfg.pretrain_text not in PRETRAIN_TEXT:
-        raise ValueError(f"sentiment: expected pretrain_text one of {', '.join(PRETRAIN_TEXT)}, "
-                         f"got {cfg.pretrain_text!r}")
     if cfg.pretrain_text != "rt" and cfg.pretrain == "none":
         raise ValueError(f"sentiment: pretrain_text is word2vec's text; expected pretrain "
                          f"'word2vec' with pretrain_text {cfg.pretrain_text!r}, got 'none'")
-    if cfg.lexicon not in LEXICON:
-        raise ValueError(f"sentiment: expected lexicon one of {', '.join(LEXICON)}, got "
-                         f"{cfg.lexicon!r}")
     if isinstance(cfg.ensemble, bool) or not isinstance(cfg.ensemble, int) or cfg.ensemble < 1:
         raise ValueError(f"sentiment: expected ensemble a positive integer, got "
                          f"{cfg.ensemble!r}")
@@ -288,7 +282,7 @@ def initial_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
             f"texts ({source}); {known:,} of {vocab.size:,} words get a vector "
             f"({time.perf_counter() - t0:.0f}s)")
     else:         # the draw train_member makes without initial embeddings
-        E = np.random.default_rng([seed, 2]).normal(0.0, cfg.embed_init, (vocab.size, cfg.embed))
+        E = random_embeddings(seed, cfg.embed_init, (vocab.size, cfg.embed))
     if cfg.lexicon != "none":
         F, covered = lexicon_features(vocab, cfg.lexicon, scale=cfg.embed_init)
         log(f"lexicon {cfg.lexicon}: " + ", ".join(f"{name} has {n:,}" for name, n in
@@ -305,7 +299,7 @@ def base_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
     E = initial_embeddings(cfg, seed, vocab, tokens, train_idx, log)
     if E is None:
         scale = 1.0 if cfg.embed_init is None else cfg.embed_init
-        E = np.random.default_rng([seed, 2]).normal(0.0, scale, (vocab.size, embed_size(cfg)))
+        E = random_embeddings(seed, scale, (vocab.size, embed_size(cfg)))
     return E
 
 
@@ -321,7 +315,7 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
     if embeddings is not None:
         E[...] = embeddings
     elif cfg.embed_init is not None:
-        E[...] = np.random.default_rng([seed, 2]).normal(0.0, cfg.embed_init, E.shape)
+        E[...] = random_embeddings(seed, cfg.embed_init, E.shape)
     if language_models is not None:
         load_language_models(model, *language_models)
     fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, optimizer=cfg.optimizer, lr=cfg.lr,
@@ -345,27 +339,23 @@ def token_stream(token_lists, vocab):
 
 def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", seed=0):
     """A one-layer word-level language model ``Model(V, hidden, V, head='step')`` trained on the
-    id stream ``ids`` (N,) for ``epochs`` passes with truncated BPTT (k1 = k2 = ``LM['k1']``, in
-    ``LM['batch']`` parallel streams; the state is carried from batch to batch and reset at each
-    pass), Adam and norm clipping, its embeddings starting from ``embeddings`` (V, E):
-    ``(model, losses)``, losses the mean training loss (nats per word) of each pass."""
+    id stream ``ids`` (N,) for ``epochs`` passes by ``bptt.train.StreamTrainer``'s updates
+    (TBPTT with k1 = k2 = ``LM['k1']``, in ``LM['batch']`` parallel streams; the state is carried
+    from batch to batch and reset at each pass; Adam, norm clipping), its embeddings starting
+    from ``embeddings`` (V, E): ``(model, losses)``, losses the mean training loss (nats per
+    word) of each pass."""
     model = Model(vocab_size, hidden, vocab_size, cell=cell, input="embedding",
                   embed_size=embeddings.shape[1], head="step", seed=seed)
     model.params["embedding.weight"][...] = embeddings
-    optimizer = Adam(model.params, lr=LM["lr"])
+    cfg = TrainConfig(cell=cell, hidden=hidden, layers=1, embed=embeddings.shape[1],
+                      k1=LM["k1"], batch=LM["batch"], lr=LM["lr"], clip=LM["clip"],
+                      steps=None, epochs=epochs, progress=False)
     stream = CharStream(ids, LM["batch"], LM["k1"])
+    trainer = StreamTrainer(model, stream, None, cfg, out_dir=None)
     losses = []
     for _ in range(epochs):
-        state, total = None, 0.0                               # a pass starts from zeros
-        for k in range(stream.batches_per_epoch):
-            x, y, _ = stream.batch_at(k)                       # (k1, B) each
-            logits, state, tape = model.forward(x, state)      # (k1, B, V)
-            loss, dlogits = softmax_cross_entropy(logits, y)
-            _, grads = model.backward(dlogits, tape)   # k1 = k2: the carried state is a constant
-            clip_grad_norm(grads, LM["clip"])
-            optimizer.step(grads)
-            total += loss
-        losses.append(total / stream.batches_per_epoch)
+        losses.append(sum(trainer.train_step() for _ in range(stream.batches_per_epoch))
+                      / stream.batches_per_epoch)
     return model, losses
 
 

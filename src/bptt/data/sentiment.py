@@ -38,7 +38,6 @@ import bz2
 import csv
 import gzip
 import importlib.util
-import io
 import json
 import re
 from collections import Counter
@@ -102,16 +101,25 @@ def load_plot_summaries():
 def read_texts(path, category):
     """The distinct non-blank texts of one category of a file that ``read_corpus`` reads."""
     path = Path(path)
-    opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rb") as raw:
-        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+    with _open_text(path) as f:
+        reader = csv.DictReader(f)
         if not {"category", "text"} <= set(reader.fieldnames or ()):
             raise ValueError(f"read_texts: {path} lacks the columns category and text; got "
                              f"{reader.fieldnames}")
-        texts = dict.fromkeys(row["text"].strip() for row in reader
-                              if row["category"] == category)
-    texts.pop("", None)
-    return list(texts)
+        return _distinct(row["text"] for row in reader if row["category"] == category)
+
+
+def _open_text(path):
+    """``path`` opened as UTF-8 text for the csv module; .bz2 and .gz files decompressed."""
+    opener = {".bz2": bz2.open, ".gz": gzip.open}.get(Path(path).suffix, open)
+    return opener(path, "rt", encoding="utf-8", newline="")
+
+
+def _distinct(texts):
+    """The distinct non-blank texts, stripped, in their first order."""
+    out = dict.fromkeys(t.strip() for t in texts)
+    out.pop("", None)
+    return list(out)
 
 
 def load_general_inquirer():
@@ -126,7 +134,7 @@ def read_general_inquirer(path):
     Entries that are not one token (``ABSENT-MINDED``, ``DR.``) are left out: no word of the
     vocabulary can be one of them."""
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as f:
+    with _open_text(path) as f:
         reader = csv.DictReader(f, delimiter="\t")
         missing = {"Entry", "Positiv", "Negativ"} - set(reader.fieldnames or ())
         if missing:
@@ -154,7 +162,7 @@ def read_whissell(path):
     written ``*``, as in ``don*t``): ``{word: pleasantness - 2}``. Rows out of [1, 3] are left out
     (the file has one, ``vocabulary``, with 0), and so are words that are not one token."""
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as f:
+    with _open_text(path) as f:
         reader = csv.DictReader(f)
         missing = {"word", "pleasantness"} - set(reader.fieldnames or ())
         if missing:
@@ -182,8 +190,7 @@ def read_lines(path, column=None):
     """The distinct non-blank lines (stripped) of the texts in ``column`` of a CSV file, or of
     the whole file when ``column`` is None; .bz2 and .gz files are decompressed."""
     path = Path(path)
-    opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
+    with _open_text(path) as f:
         if column is None:
             documents = [f.read()]
         else:
@@ -192,18 +199,15 @@ def read_lines(path, column=None):
                 raise ValueError(f"read_lines: {path} lacks the column {column!r}; got "
                                  f"{reader.fieldnames}")
             documents = [row[column] for row in reader]
-    lines = dict.fromkeys(line.strip() for doc in documents for line in doc.splitlines())
-    lines.pop("", None)
-    return list(lines)
+    return _distinct(line for doc in documents for line in doc.splitlines())
 
 
 def read_corpus(path):
     """Rows of a CSV (or .csv.bz2) file with columns category, text, movie_name; the categories
     fresh and rotten kept, other categories skipped, repeated texts dropped after the first."""
     path = Path(path)
-    opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rb") as raw:
-        reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+    with _open_text(path) as f:
+        reader = csv.DictReader(f)
         missing = {"category", "text", "movie_name"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"read_corpus: {path} lacks the columns {sorted(missing)}; got "
