@@ -189,7 +189,7 @@ AI void tile(int K1, const R *A1, long lda1, int K2, const R *A2, long lda2, con
 // faults (about 1 ms) for the 2 MB of an LSTM at D = H = 256, every forward and every backward.
 // The pool keeps the last few freed buffers for the next calls instead (any thread; a call takes
 // the smallest that fits).
-class Pool {
+class Pool {  // sizes: multiples of 64 bytes (aligned_alloc's rule for 64-byte alignment)
     static constexpr int KEEP = 4;
     std::mutex m_;
     void *buf_[KEEP] = {};
@@ -210,12 +210,11 @@ class Pool {
                 return p;
             }
         }
-        return std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        return std::aligned_alloc(64, bytes);
     }
-    // bytes: the size get was asked for, rounded as it rounds
+    // bytes: the size get was asked for
     void put(void *p, size_t bytes) {
         if (!p) return;
-        bytes = (bytes + 63) / 64 * 64;
         std::lock_guard<std::mutex> lock(m_);
         if (n_ == KEEP) {  // make room: drop the smallest
             int small = 0;
@@ -243,7 +242,7 @@ Pool pool;
 template <class R> struct Packed {
     size_t bytes;
     R *p;
-    explicit Packed(size_t n) : bytes(n), p(static_cast<R *>(pool.get(n))) {}
+    explicit Packed(size_t n) : bytes((n + 63) / 64 * 64), p(static_cast<R *>(pool.get(bytes))) {}
     ~Packed() { pool.put(p, bytes); }
     Packed(const Packed &) = delete;
     Packed &operator=(const Packed &) = delete;
@@ -259,7 +258,6 @@ template <class R> size_t forward_bytes(int D, int H, int G) {
     const int L = VT<R>::L, nb = (H + L - 1) / L;
     return sizeof(R) * size_t(nb) * (D + H) * G * L;
 }
-
 
 #ifdef __AVX512F__
 // out[k * stride + l] = s * W[l * ld + k] for l < L (L whole rows of W) and k < K: L rows turned
@@ -328,7 +326,6 @@ template <class R> size_t units_bytes(int H, int K, int NVB) {
     const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
     return sizeof(R) * size_t(npan) * K * NVB * L;
 }
-
 
 template <class R>
 void pack_units(R *p, const R *W, int H, int K, int NVB, const R *W2, int K2, int jp0,
@@ -532,16 +529,17 @@ AI V message(V rec, const R *dy, const R *mask, R clip, R *record, long sb, int 
 // (B rows of K, lda apart; and dA2[s], K2 more columns, where they are kept apart), by
 // W_hh (K + K2 rows), which gives dL/dh_{s-1} (plus extra(s, b, j0, n): what reaches h_{s-1}
 // around the product), and runs step s-1's elementwise part on it (dh0 after step 0).
-template <class R, class Elem, class Extra>
 // elem(s, b, j0, n, rec, sums) adds its bias gradients into sums: db (ndb values, or NULL), or,
 // where the threads split the rows, a zeroed copy per thread, added into db at the end.
+template <class R, class Elem, class Extra>
 int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K2, long lda2,
                    const R *dh_n, R *dh0, R *db, int ndb, int T, int B, int H, long min_work,
                    Elem elem, Extra extra) {
     typedef typename VT<R>::V V;
     const int nt = unit_threads<R>(B, K + K2, H, min_work);
-    const bool by_rows = split_by_rows(B, UNIT_MR, nt, units_bytes<R>(H, K + K2, NVB));
-    Packed<R> packed(units_bytes<R>(H, K + K2, NVB));
+    const size_t bytes = units_bytes<R>(H, K + K2, NVB);
+    const bool by_rows = split_by_rows(B, UNIT_MR, nt, bytes);
+    Packed<R> packed(bytes);
     R *P = packed.p;
     R *parts = db && by_rows ? static_cast<R *>(std::calloc(size_t(nt) * ndb, sizeof(R)))
                              : nullptr;
@@ -740,11 +738,12 @@ template <class R>
 int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *h,
                 const R *mask, int relu, int T, int B, int H, long min_work) {
     typedef typename VT<R>::V V;
-    Packed<R> packed(units_bytes<R>(H, D + H, NVB));
+    const size_t bytes = units_bytes<R>(H, D + H, NVB);
+    Packed<R> packed(bytes);
     R *P = packed.p;
     if (!P) return -1;
     const int nt = unit_threads<R>(B, D + H, H, min_work);
-    const bool by_rows = split_by_rows(B, UNIT_MR, nt, units_bytes<R>(H, D + H, NVB));
+    const bool by_rows = split_by_rows(B, UNIT_MR, nt, bytes);
     unit_steps<R>(
         P, D, D, T, B, H, nt, by_rows,
         [&](int lo, int hi) { pack_units(P, WxT, H, D, NVB, WhT, H, lo, hi); },
@@ -828,8 +827,6 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
 
 }  // namespace
 
-// ---- the C symbols (ctypes) ------------------------------------------------------------------
-
 // ---- Adam, one pass ----------------------------------------------------------------------------
 
 // bptt.optim.Adam's update of one parameter, all its NumPy operations in one pass over memory
@@ -862,6 +859,8 @@ void adam(R *p, const R *g, R *m, R *v, long n, int wd_mode, R wd, R decay, int 
     }
 }
 #pragma GCC pop_options
+
+// ---- the C symbols (ctypes) ------------------------------------------------------------------
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
 #define BOTH(X) X(float, f32) X(double, f64)
