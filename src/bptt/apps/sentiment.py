@@ -100,6 +100,7 @@ class SentimentConfig:
     freeze_embeddings: bool = False   # the embeddings keep their initial values
     ensemble: int = 10                # models of seeds seed, seed+1, ...; probabilities averaged
     split_seed: int = 0
+    folds: int = 0                    # 0: the one 80/10/10 split; k >= 3: k-fold cross-validation
     seed: int = 0
     baseline: bool = True
 
@@ -130,10 +131,14 @@ class WordDropout(SequenceData):
         return np.where(drop, self.unk, x), lengths
 
 
-def prepare(cfg):
-    """Corpus, split, vocabulary and the three SequenceData: ``(parts, vocab, corpus, tokens)``."""
+def prepare(cfg, fold=None):
+    """Corpus, split, vocabulary and the three SequenceData: ``(parts, vocab, corpus, tokens)``;
+    the split is ``fold`` of ``cfg.folds`` (``sd.fold_indices``), or the one 80/10/10 split."""
     corpus = sd.load_rotten_tomatoes()
-    train, valid, test = sd.split_indices(len(corpus), seed=cfg.split_seed)
+    if fold is None:
+        train, valid, test = sd.split_indices(len(corpus), seed=cfg.split_seed)
+    else:
+        train, valid, test = sd.fold_indices(len(corpus), cfg.folds, fold, seed=cfg.split_seed)
     tokens = [sd.tokenize(t) for t in corpus.texts]
     vocab = sd.WordVocabulary.build([tokens[i] for i in train], min_count=cfg.min_count)
     parts = {}
@@ -261,6 +266,10 @@ def check_config(cfg):
     if cfg.pretrain_lm and cfg.layers != 1:
         raise ValueError(f"sentiment: the language models have one layer; expected layers 1 "
                          f"with pretrain_lm, got {cfg.layers!r}")
+    if isinstance(cfg.folds, bool) or not isinstance(cfg.folds, int) or cfg.folds in (1, 2) \
+            or cfg.folds < 0:
+        raise ValueError(f"sentiment: expected folds 0 (one split) or an integer >= 3, got "
+                         f"{cfg.folds!r}")
     if cfg.pretrain == "word2vec" and importlib.util.find_spec("gensim") is None:
         raise ModuleNotFoundError(f"sentiment: pretrain 'word2vec' needs gensim, which is not "
                                   f"installed; install it with: {GENSIM_INSTALL} (or use "
@@ -408,16 +417,20 @@ def probabilities(model, data):
     return p / p.sum(axis=1, keepdims=True)
 
 
-def run(cfg=None, out_dir=None, *, log=print, progress=False):
-    """Train and evaluate; return a report dict (also ``out_dir/report.json``)."""
+def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None):
+    """Train and evaluate; return a report dict (also ``out_dir/report.json``). With
+    ``cfg.folds`` the run is ``cross_validate``'s unless ``fold`` names one fold to run."""
     cfg = cfg or SentimentConfig()
     check_config(cfg)
-    parts, vocab, corpus, tokens = prepare(cfg)
+    if cfg.folds and fold is None:
+        return cross_validate(cfg, out_dir, log=log, progress=progress)
+    parts, vocab, corpus, tokens = prepare(cfg, fold)
     (train, i_tr), (valid, i_va), (test, i_te) = parts["train"], parts["valid"], parts["test"]
+    where = "" if fold is None else f", fold {fold} of {cfg.folds}"
     log(f"sentiment: Rotten Tomatoes, {len(corpus):,} snippets ({int(corpus.labels.sum()):,} "
-        f"fresh); split seed {cfg.split_seed}: train {len(train):,} / valid {len(valid):,} / "
-        f"test {len(test):,}; vocabulary {vocab.size:,} words (min count {cfg.min_count}, from "
-        f"the training texts)")
+        f"fresh); split seed {cfg.split_seed}{where}: train {len(train):,} / valid "
+        f"{len(valid):,} / test {len(test):,}; vocabulary {vocab.size:,} words (min count "
+        f"{cfg.min_count}, from the training texts)")
     t0 = time.perf_counter()
     language_models = None
     if cfg.pretrain_lm:                # once, from the base seed; shared by the members
@@ -450,7 +463,8 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False):
                             valid_accuracy=float(np.mean(pv.argmax(1) == valid.y)),
                             test_accuracy=float(np.mean(pt.argmax(1) == test.y))))
     train_s = time.perf_counter() - t0
-    report = dict(snippets=len(corpus), train=len(train), valid=len(valid), test=len(test),
+    report = dict(snippets=len(corpus), fold=fold, train=len(train), valid=len(valid),
+                  test=len(test),
                   vocabulary=vocab.size, parameters=int(n_params), config=dataclasses.asdict(cfg),
                   members=members, train_seconds=round(train_s, 1),
                   valid_accuracy=float(np.mean(p_valid.argmax(1) == valid.y)),
@@ -469,6 +483,99 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False):
         with open(os.path.join(out_dir, "vocab.json"), "w") as f:
             f.write(vocab.to_json())
     return report
+
+
+def cross_validate(cfg, out_dir=None, folds=None, *, log=print, progress=False):
+    """k-fold cross-validation (k = ``cfg.folds``) of the whole run, ensemble and baseline
+    alike: fold j tests on block j of the split's permutation and validates on block j - 1
+    (``sd.fold_indices``), so every snippet is a test snippet once and fold k - 1 of 10 is the
+    one 80/10/10 split. Runs the folds listed in ``folds`` (default all) into
+    ``out_dir/fold<j>``; a fold whose ``report.json`` there holds the same config is read back
+    instead of trained again, so an interrupted run resumes and the folds can run in separate
+    processes. Returns the summary over the folds in hand (also ``out_dir/cv_report.json``)."""
+    check_config(cfg)
+    if not cfg.folds:
+        raise ValueError("cross_validate: expected cfg.folds >= 3, got 0")
+    todo = range(cfg.folds) if folds is None else folds
+    bad = [j for j in todo if isinstance(j, bool) or not isinstance(j, int)
+           or not 0 <= j < cfg.folds]
+    if bad:
+        raise ValueError(f"cross_validate: expected folds in 0 .. {cfg.folds - 1}, got {bad}")
+    config = dataclasses.asdict(cfg)
+    reports = {}
+    for j in range(cfg.folds):
+        path = None if out_dir is None else os.path.join(out_dir, f"fold{j}", "report.json")
+        if path is not None and os.path.exists(path):
+            with open(path) as f:
+                r = json.load(f)
+            if r.get("config") == config and r.get("fold") == j:
+                reports[j] = r
+                if j in todo:
+                    log(f"fold {j}: done before, read from {path}")
+                continue
+        if j in todo:
+            reports[j] = run(cfg, None if path is None else os.path.dirname(path), log=log,
+                             progress=progress, fold=j)
+    summary = cv_summary(cfg, reports)
+    log(format_cv_report(summary))
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "cv_report.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+def cv_summary(cfg, reports):
+    """The folds' figures side by side, the accuracy over every test snippet of the folds in
+    hand, and the mean paired difference (bptt - baseline) with its standard error."""
+    rows = []
+    for j, r in sorted(reports.items()):
+        row = dict(fold=j, test=r["test"], valid_accuracy=r["valid_accuracy"],
+                   test_accuracy=r["test_accuracy"])
+        if "baseline_test_accuracy" in r:
+            row.update(baseline_test_accuracy=r["baseline_test_accuracy"],
+                       baseline_C=r["baseline_C"],
+                       difference=r["test_accuracy"] - r["baseline_test_accuracy"])
+        rows.append(row)
+    out = dict(config=dataclasses.asdict(cfg), folds=rows, complete=len(rows) == cfg.folds,
+               missing=[j for j in range(cfg.folds) if j not in reports])
+    if rows:
+        n = sum(r["test"] for r in rows)
+        out["test_snippets"] = n
+        out["test_accuracy"] = sum(round(r["test_accuracy"] * r["test"]) for r in rows) / n
+        if all("difference" in r for r in rows):
+            out["baseline_test_accuracy"] = sum(
+                round(r["baseline_test_accuracy"] * r["test"]) for r in rows) / n
+            d = np.array([r["difference"] for r in rows])
+            out["difference_mean"] = float(d.mean())
+            out["difference_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 \
+                else None
+            out["folds_within_2_points"] = int(np.sum(d >= -0.02 - 1e-12))
+    return out
+
+
+def format_cv_report(s):
+    k = s["config"]["folds"]
+    lines = [f"{k}-fold cross-validation, {_model_name(s['config'])}"
+             + ("" if s["complete"] else f" (folds {s['missing']} still to run)"),
+             f"{'fold':>4} {'test':>6} {'valid acc':>9} {'test acc':>9} {'TF-IDF':>9} "
+             f"{'difference':>10}"]
+    for r in s["folds"]:
+        base = (f"{r['baseline_test_accuracy']:>9.4f} {r['difference']:>+10.4f}"
+                if "difference" in r else "")
+        lines.append(f"{r['fold']:>4} {r['test']:>6} {r['valid_accuracy']:>9.4f} "
+                     f"{r['test_accuracy']:>9.4f} {base}")
+    if "test_accuracy" in s:
+        base = (f"{s['baseline_test_accuracy']:>9.4f} {s['difference_mean']:>+10.4f}"
+                if "difference_mean" in s else "")
+        lines.append(f"{'all':>4} {s['test_snippets']:>6} {'':>9} {s['test_accuracy']:>9.4f} "
+                     f"{base}")
+    if s.get("difference_se") is not None:
+        lines.append(f"bptt - TF-IDF: {100 * s['difference_mean']:+.2f} +- "
+                     f"{100 * s['difference_se']:.2f} points (mean over folds +- its standard "
+                     f"error); {s['folds_within_2_points']} of {len(s['folds'])} folds within 2 "
+                     f"points of the baseline or above it")
+    return "\n".join(lines)
 
 
 def format_report(r):
@@ -535,6 +642,9 @@ CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
     "ensemble": (int, "models trained with seeds seed, seed+1, ...; their probabilities are "
                       "averaged"),
     "split_seed": (int, "seed of the train/valid/test permutation"),
+    "folds": (int, "0: the one 80/10/10 split; K >= 3: K-fold cross-validation of the whole run "
+                   "(fold j tests on block j, validates on block j - 1; fold 9 of 10 is the one "
+                   "split), each fold in DIR/fold<j>, resumable"),
     "seed": (int, "initialisation and batch-order seed"),
 }
 
@@ -555,6 +665,9 @@ def add_parser(apps):
     p.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help=f"keep the initial (word2vec) embeddings fixed (default "
                         f"{defaults.freeze_embeddings})")
+    p.add_argument("--fold", metavar="LIST", type=_fold_list, default=None,
+                   help="with --folds: run only these folds (e.g. 0-4 or 1,3); folds done "
+                        "before are read from DIR")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the TF-IDF + logistic regression baseline")
     p.add_argument("--out", metavar="DIR", default="runs/sentiment",
@@ -563,12 +676,30 @@ def add_parser(apps):
     return p
 
 
+def _fold_list(text):
+    """'0-4,7' -> [0, 1, 2, 3, 4, 7] (argparse type)."""
+    out = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.partition("-")
+            out += range(int(a), int(b or a) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers such as 0-4 or 1,3, got "
+                                         f"{text!r}") from None
+    return out
+
+
 def cli_run(args):
     switches = ("bidirectional", "bucket", "freeze_embeddings")
     options = {k: getattr(args, k) for k in (*CLI_OPTIONS, *switches)
                if getattr(args, k) is not None}
     cfg = SentimentConfig(baseline=args.baseline, **options)
     t0 = time.perf_counter()
-    report = run(cfg, args.out, progress=sys.stderr.isatty())
+    if args.fold is not None and not cfg.folds:
+        raise ValueError(f"sentiment: --fold {args.fold} needs --folds K (K >= 3)")
+    if cfg.folds:
+        report = cross_validate(cfg, args.out, args.fold, progress=sys.stderr.isatty())
+    else:
+        report = run(cfg, args.out, progress=sys.stderr.isatty())
     print(f"done in {time.perf_counter() - t0:.0f}s; report and the model in {args.out}/")
     return report

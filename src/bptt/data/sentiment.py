@@ -27,7 +27,8 @@ Hamlet), as more text for word vectors.
 
 The split is a seeded random permutation of the snippets (``numpy.random.default_rng(seed)``):
 the first 80% train, the next 10% validate, the last 10% test. Snippets of one movie may fall on
-both sides; the texts never do.
+both sides; the texts never do. ``fold_indices`` cuts the same permutation into k blocks for
+cross-validation (with k = 10, its last fold is that split).
 
 Tokens are lower-cased words (letters and digits, with an inner apostrophe kept: ``isn't``) and
 the marks ``!`` and ``?``. The vocabulary is built on the training texts only: id 0 is padding,
@@ -239,6 +240,29 @@ def split_indices(n, valid=0.1, test=0.1, seed=0):
     if n_train < 1 or n_test < 1:
         raise ValueError(f"split_indices: {n} items are too few to split")
     return order[:n_train], order[n_train:n_train + n_valid], order[n_train + n_valid:]
+
+
+def fold_indices(n, folds, fold, seed=0):
+    """``(train, valid, test)`` for fold ``fold`` of ``folds``-fold cross-validation: the same
+    permutation as ``split_indices`` cut into ``folds`` blocks, the last ``folds - 1`` of
+    ``round(n / folds)`` items each and the first of the rest; the test block is ``fold``, the
+    validation block the one before it (cyclically), the training set the other blocks in their
+    order. So with 10 folds, fold 9 is ``split_indices(n, seed=seed)`` itself, item for item, and
+    every item is a test item in exactly one fold."""
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 3:
+        raise ValueError(f"fold_indices: expected folds an integer >= 3, got {folds!r}")
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) \
+            or not 0 <= fold < folds:
+        raise ValueError(f"fold_indices: expected fold in 0 .. {folds - 1}, got {fold!r}")
+    size = int(round(n / folds))
+    if size < 1 or n - (folds - 1) * size < 1:
+        raise ValueError(f"fold_indices: {n} items are too few for {folds} folds")
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = [0] + [n - (folds - j) * size for j in range(1, folds)] + [n]
+    blocks = [order[a:b] for a, b in zip(cuts, cuts[1:])]
+    valid = (fold - 1) % folds
+    train = np.concatenate([b for j, b in enumerate(blocks) if j not in (fold, valid)])
+    return train, blocks[valid], blocks[fold]
 
 
 def tokenize(text):
