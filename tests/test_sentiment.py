@@ -1,8 +1,10 @@
 """Sentiment data: the Rotten Tomatoes corpus, the split, tokens, the vocabulary and the app."""
 
 import bz2
+import dataclasses
 import gzip
 import importlib.util
+import json
 import re
 from types import SimpleNamespace
 
@@ -209,6 +211,28 @@ def test_split_errors():
         sd.split_indices(2, valid=0.4, test=0.4)
 
 
+def test_folds_cover_every_item_once_and_the_last_is_the_split():
+    n, k = 12_752, 10
+    parts = [sd.fold_indices(n, k, j) for j in range(k)]
+    tests = np.concatenate([p[2] for p in parts])
+    assert np.array_equal(np.sort(tests), np.arange(n))                # each item tested once
+    for j, (train, valid, test) in enumerate(parts):
+        assert np.array_equal(np.sort(np.concatenate([train, valid, test])), np.arange(n))
+        assert np.array_equal(valid, parts[(j - 1) % k][2])              # the block before
+    assert all(np.array_equal(a, b) for a, b in zip(parts[-1], sd.split_indices(n, seed=0)))
+    assert [len(p[2]) for p in parts] == [1_277] + [1_275] * 9
+    assert not np.array_equal(sd.fold_indices(n, k, 3, seed=1)[2], parts[3][2])
+
+
+@pytest.mark.parametrize("folds, fold, match", [
+    (2, 0, "expected folds an integer >= 3, got 2"), (True, 0, "got True"),
+    (5, 5, "expected fold in 0 .. 4, got 5"), (5, -1, "got -1"), (5, 1.0, "got 1.0"),
+    (40, 0, "too few for 40 folds")])
+def test_fold_errors(folds, fold, match):
+    with pytest.raises(ValueError, match=match):
+        sd.fold_indices(20, folds, fold)
+
+
 def test_no_test_text_is_a_training_text(corpus):
     train, valid, test = sd.split_indices(len(corpus), seed=0)
     texts = np.array(corpus.texts, dtype=object)
@@ -385,6 +409,51 @@ def test_ensemble_averages_the_members_probabilities(monkeypatch):
     assert report["valid_accuracy"] == np.mean(p_valid.argmax(1) == valid.y)
     assert report["test_accuracy"] == np.mean(p_test.argmax(1) == test.y)
     assert report["members"][1]["test_accuracy"] == np.mean(members[3].argmax(1) == test.y)
+
+
+def test_cross_validation_runs_each_fold_once_and_resumes(monkeypatch, tmp_path):
+    use_toy_corpus(monkeypatch)
+    cfg = sentiment.SentimentConfig(embed=8, hidden=4, epochs=1, pretrain="none", ensemble=1,
+                                    folds=4)
+    ran = []
+    real = sentiment.run
+    monkeypatch.setattr(sentiment, "run", lambda c, d, **kw: ran.append(kw["fold"]) or
+                        real(c, d, **kw))
+    part = sentiment.cross_validate(cfg, tmp_path, [1, 2], log=lambda *a: None)
+    assert ran == [1, 2] and not part["complete"] and part["missing"] == [0, 3]
+    whole = sentiment.cross_validate(cfg, tmp_path, log=lambda *a: None)
+    assert ran == [1, 2, 0, 3] and whole["complete"]                    # 1, 2 read back
+    assert [r["fold"] for r in whole["folds"]] == [0, 1, 2, 3]
+    assert whole["test_snippets"] == 200
+    reports = [json.loads((tmp_path / f"fold{j}" / "report.json").read_text()) for j in range(4)]
+    assert reports[1]["test_accuracy"] == part["folds"][0]["test_accuracy"]
+    right = sum(round(r["test_accuracy"] * r["test"]) for r in reports)
+    assert whole["test_accuracy"] == right / 200
+    d = [r["test_accuracy"] - r["baseline_test_accuracy"] for r in reports]
+    assert whole["difference_mean"] == pytest.approx(np.mean(d))
+    assert whole["difference_se"] == pytest.approx(np.std(d, ddof=1) / 2)
+    assert whole["folds_within_2_points"] == sum(x >= -0.02 for x in d)
+    assert json.loads((tmp_path / "cv_report.json").read_text()) == whole
+    # each fold is the one run of its split: its test block, vocabulary from its training part
+    for j, r in enumerate(reports):
+        assert r["fold"] == j and r["test"] == len(sd.fold_indices(200, 4, j)[2])
+    # another config trains again rather than reading the old reports back
+    sentiment.cross_validate(dataclasses.replace(cfg, hidden=5), tmp_path, [0],
+                             log=lambda *a: None)
+    assert ran[-1] == 0 and len(ran) == 5
+
+
+def test_cli_cross_validation_options(capsys, monkeypatch):
+    assert main(["train", "sentiment", "--fold", "0-2", "--no-baseline", "--epochs", "1"]) == 1
+    assert "needs --folds K" in capsys.readouterr().err
+    assert main(["train", "sentiment", "--folds", "2", "--no-baseline", "--epochs", "1"]) == 1
+    assert "expected folds 0 (one split) or an integer >= 3, got 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "sentiment", "--folds", "5", "--fold", "1-x"])
+    assert "expected fold numbers such as 0-4 or 1,3, got '1-x'" in capsys.readouterr().err
+    assert sentiment._fold_list("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(ValueError, match=r"expected folds in 0 .. 4, got \[5\]"):
+        sentiment.cross_validate(sentiment.SentimentConfig(folds=5, pretrain="none"), None, [5])
 
 
 @pytest.mark.parametrize("head", ["max", "meanmax"])
