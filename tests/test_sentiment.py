@@ -429,6 +429,8 @@ def test_cross_validation_runs_each_fold_once_and_resumes(monkeypatch, tmp_path)
     assert reports[1]["test_accuracy"] == part["folds"][0]["test_accuracy"]
     right = sum(round(r["test_accuracy"] * r["test"]) for r in reports)
     assert whole["test_accuracy"] == right / 200
+    assert whole["member_test_accuracy"] == np.mean([r["members"][0]["test_accuracy"]
+                                                     for r in reports])
     d = [r["test_accuracy"] - r["baseline_test_accuracy"] for r in reports]
     assert whole["difference_mean"] == pytest.approx(np.mean(d))
     assert whole["difference_se"] == pytest.approx(np.std(d, ddof=1) / 2)

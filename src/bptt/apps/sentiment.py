@@ -531,7 +531,9 @@ def cv_summary(cfg, reports):
     rows = []
     for j, r in sorted(reports.items()):
         row = dict(fold=j, test=r["test"], valid_accuracy=r["valid_accuracy"],
-                   test_accuracy=r["test_accuracy"])
+                   test_accuracy=r["test_accuracy"],
+                   member_test_accuracy=float(np.mean([m["test_accuracy"]
+                                                       for m in r["members"]])))
         if "baseline_test_accuracy" in r:
             row.update(baseline_test_accuracy=r["baseline_test_accuracy"],
                        baseline_C=r["baseline_C"],
@@ -543,6 +545,7 @@ def cv_summary(cfg, reports):
         n = sum(r["test"] for r in rows)
         out["test_snippets"] = n
         out["test_accuracy"] = sum(round(r["test_accuracy"] * r["test"]) for r in rows) / n
+        out["member_test_accuracy"] = float(np.mean([r["member_test_accuracy"] for r in rows]))
         if all("difference" in r for r in rows):
             out["baseline_test_accuracy"] = sum(
                 round(r["baseline_test_accuracy"] * r["test"]) for r in rows) / n
@@ -558,18 +561,18 @@ def format_cv_report(s):
     k = s["config"]["folds"]
     lines = [f"{k}-fold cross-validation, {_model_name(s['config'])}"
              + ("" if s["complete"] else f" (folds {s['missing']} still to run)"),
-             f"{'fold':>4} {'test':>6} {'valid acc':>9} {'test acc':>9} {'TF-IDF':>9} "
-             f"{'difference':>10}"]
+             f"{'fold':>4} {'test':>6} {'valid acc':>9} {'test acc':>9} {'one model':>9} "
+             f"{'TF-IDF':>9} {'difference':>10}"]
     for r in s["folds"]:
         base = (f"{r['baseline_test_accuracy']:>9.4f} {r['difference']:>+10.4f}"
                 if "difference" in r else "")
         lines.append(f"{r['fold']:>4} {r['test']:>6} {r['valid_accuracy']:>9.4f} "
-                     f"{r['test_accuracy']:>9.4f} {base}")
+                     f"{r['test_accuracy']:>9.4f} {r['member_test_accuracy']:>9.4f} {base}")
     if "test_accuracy" in s:
         base = (f"{s['baseline_test_accuracy']:>9.4f} {s['difference_mean']:>+10.4f}"
                 if "difference_mean" in s else "")
         lines.append(f"{'all':>4} {s['test_snippets']:>6} {'':>9} {s['test_accuracy']:>9.4f} "
-                     f"{base}")
+                     f"{s['member_test_accuracy']:>9.4f} {base}")
     if s.get("difference_se") is not None:
         lines.append(f"bptt - TF-IDF: {100 * s['difference_mean']:+.2f} +- "
                      f"{100 * s['difference_se']:.2f} points (mean over folds +- its standard "
