@@ -689,8 +689,24 @@ def test_documented_run_repeats(documented_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="seeds 0-9 give 76.86%, 2.36 points below the baseline; seeds 10-19 "
-                          "give 77.49% (docs/applications.md)", strict=False)
+def test_documented_fold_repeats():
+    """docs/applications.md, the 10-fold cross-validation: fold 0 (test block 0, validation
+    block 9) gives valid 77.41%, test 79.01%, one model 77.77% on average, TF-IDF 80.58%."""
+    r = sentiment.run(sentiment.SentimentConfig(folds=10), log=lambda *a: None, fold=0)
+    assert (r["fold"], r["train"], r["valid"], r["test"]) == (0, 10_200, 1_275, 1_277)
+    assert r["valid_accuracy"] == pytest.approx(0.7741, abs=2 / 1275)
+    assert r["test_accuracy"] == pytest.approx(0.7901, abs=2 / 1277)
+    assert np.mean([m["test_accuracy"] for m in r["members"]]) == pytest.approx(0.7777,
+                                                                                abs=2 / 1277)
+    assert (r["baseline_test_accuracy"], r["baseline_C"]) == (pytest.approx(0.8058, abs=1e-4),
+                                                              64.0)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="on this one split, seeds 0-9 give 76.86%, 2.36 points below the "
+                          "baseline (seeds 10-19: 77.49%); over the 10 folds of the cross-"
+                          "validation the ensemble is 0.16 points above it (docs/applications.md)",
+                   strict=False)
 def test_rnn_is_within_two_points_of_the_baseline(documented_run):
     r = documented_run
     assert r["test_accuracy"] >= r["baseline_test_accuracy"] - 0.02

@@ -45,6 +45,11 @@ start from the language models of seed + k), and the members' own word2vec vecto
 The baseline (scikit-learn): TF-IDF of the same tokens, unigrams and bigrams, sublinear term
 frequency, fitted on the training texts; logistic regression with its inverse regularisation C
 chosen on the validation texts from a small grid. Both are scored once on the test texts.
+
+One split's 1,275 test snippets leave a standard error of about 1.2 points. ``folds`` k runs the
+whole thing, ensemble and baseline, on each of k folds of the same permutation
+(``cross_validate``; fold j tests on block j and validates on block j - 1, and fold 9 of 10 is
+the one split), so that every snippet is tested once and the two are compared fold by fold.
 """
 
 import argparse
