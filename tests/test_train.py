@@ -112,6 +112,23 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
+def test_write_text_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "report.json"
+    checkpoint.write_text(path, '{"a": 1}')
+    assert path.read_text() == '{"a": 1}'
+    checkpoint.write_text(path, '{"a": 2}')                           # replaces
+    assert path.read_text() == '{"a": 2}'
+
+    def broken_replace(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="killed"):
+        checkpoint.write_text(path, '{"a": 3, "longer": true}')
+    assert path.read_text() == '{"a": 2}'                             # the old one, whole
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temporary left
+
+
 def test_truncated_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
     tr = make_trainer(tmp_path, steps=3)
     tr.run()

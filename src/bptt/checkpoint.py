@@ -25,16 +25,30 @@ class CheckpointError(ValueError):
 def save(path, arrays, meta):
     """Write ``arrays`` (name -> ndarray) and ``meta`` (JSON-able) to ``path`` atomically."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     if META in arrays:
         raise ValueError(f"checkpoint: the array name {META!r} is reserved")
     payload = dict(arrays)
     payload[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    write_atomic(path, lambda f: np.savez(f, **payload), ".npz")
+
+
+def write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically, as ``save`` writes a checkpoint: a reader
+    finds the old file or the whole new one, never a part (run reports that mark work done)."""
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_atomic(path, write, suffix=".tmp"):
+    """Call write(f) on a binary file that then becomes ``path`` atomically: a temporary file
+    in the same folder, fsync'ed, renamed over ``path`` (the folder fsync'ed after); on an
+    error the temporary goes and ``path`` is as it was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

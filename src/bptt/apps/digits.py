@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checkpoint import write_text
 from ..cli_options import add_options
 from ..data.speech import DIGITS, digit_features, synthesize_digits
 from ..model import CELLS, Model
@@ -144,8 +145,7 @@ def run(cfg, out_dir=None, *, recipe=None, cache=None, figure=None, workers=2, p
            "confusion": C.tolist(), "data_seconds": t_data,
            "seconds": time.perf_counter() - t0}
     if out_dir is not None:
-        with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump(out, f, indent=1)
+        write_text(os.path.join(out_dir, "result.json"), json.dumps(out, indent=1))
     figure = figure or (os.path.join(out_dir, "confusion.png") if out_dir else None)
     if figure:
         out["figure"] = plot_confusion(C, figure, f"{cfg.cell.upper()} {cfg.layers}x{cfg.hidden}"

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checkpoint import write_text
 from ..cli_options import add_options
 from ..data import timeseries as ts
 from ..model import Model
@@ -217,9 +218,8 @@ def run(cfg=None, out_dir=None, *, log=print):
                   metrics=table)
     log(format_table(table))
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=1, default=_json_default)
+        write_text(os.path.join(out_dir, "report.json"),
+                   json.dumps(report, indent=1, default=_json_default))
         plot_forecasts(s, origins, H, forecasts, valid_end, os.path.join(out_dir, "forecast.png"))
     return report
 

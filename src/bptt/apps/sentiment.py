@@ -64,6 +64,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checkpoint import write_text
 from ..cli_options import add_options
 from ..data import sentiment as sd
 from ..data.text import CharStream
@@ -481,12 +482,9 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None):
         report.update(baseline_test_accuracy=acc, baseline_C=C, baseline_valid_accuracy=v_acc,
                       baseline_seconds=round(time.perf_counter() - t1, 1))
     log(format_report(report))
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        with open(os.path.join(out_dir, "vocab.json"), "w") as f:
-            f.write(vocab.to_json())
+    if out_dir is not None:        # the report last and atomically: it marks the run done
+        write_text(os.path.join(out_dir, "vocab.json"), vocab.to_json())
+        write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
     return report
 
 
@@ -512,7 +510,7 @@ def cross_validate(cfg, out_dir=None, folds=None, *, log=print, progress=False):
         path = None if out_dir is None else os.path.join(out_dir, f"fold{j}", "report.json")
         if path is not None and os.path.exists(path):
             with open(path) as f:
-                r = json.load(f)
+                r = json.load(f)           # written atomically by run: whole or absent
             if r.get("config") == config and r.get("fold") == j:
                 reports[j] = r
                 if j in todo:
@@ -524,9 +522,7 @@ def cross_validate(cfg, out_dir=None, folds=None, *, log=print, progress=False):
     summary = cv_summary(cfg, reports)
     log(format_cv_report(summary))
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "cv_report.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        write_text(os.path.join(out_dir, "cv_report.json"), json.dumps(summary, indent=1))
     return summary
 
 

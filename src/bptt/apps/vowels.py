@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checkpoint import write_text
 from ..cli_options import add_options
 from ..data.speech import VOWEL_SPEAKERS, load_japanese_vowels
 from ..model import CELLS, Model
@@ -99,8 +100,7 @@ def run(cfg, out_dir=None, progress=False):
            "test_errors": int((pred != test.y).sum()), "per_speaker": per_speaker,
            "seconds": time.perf_counter() - t0}
     if out_dir is not None:
-        with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump(out, f, indent=1)
+        write_text(os.path.join(out_dir, "result.json"), json.dumps(out, indent=1))
     return out
 
 

@@ -35,12 +35,13 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..checkpoint import write_atomic, write_text
 
 SKTIME_INSTALL = "pip install --no-deps sktime==1.2.0"
 APT_INSTALL = "apt-get install -y espeak-ng flite"
@@ -251,10 +252,7 @@ def synthesize_digits(recipe=None, cache=None, *, workers=2, progress=False):
     manifest = {"format": "bptt-digits-1", "recipe": asdict(recipe), "engines": versions,
                 "utterances": utterances}
     manifest = json.loads(json.dumps(manifest))     # as a later call will read it back
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path)
+    write_text(manifest_path, json.dumps(manifest, indent=1))
     return folder, manifest
 
 
@@ -346,10 +344,8 @@ def digit_features(folder, manifest, *, only=None, progress=False, **options):
     if bar is not None:
         bar.close()
     offsets = np.cumsum([0] + [len(f) for f in feats])
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, flat=np.concatenate(feats), offsets=offsets)
-    os.replace(tmp, path)
+    flat = np.concatenate(feats)
+    write_atomic(path, lambda f: np.savez(f, flat=flat, offsets=offsets), ".npz")
     return feats
 
 
