@@ -544,12 +544,15 @@ def cv_summary(cfg, reports):
                missing=[j for j in range(cfg.folds) if j not in reports])
     if rows:
         n = sum(r["test"] for r in rows)
+
+        def pooled(key):         # right answers over every test snippet of the folds in hand
+            return sum(round(r[key] * r["test"]) for r in rows) / n
+
         out["test_snippets"] = n
-        out["test_accuracy"] = sum(round(r["test_accuracy"] * r["test"]) for r in rows) / n
+        out["test_accuracy"] = pooled("test_accuracy")
         out["member_test_accuracy"] = float(np.mean([r["member_test_accuracy"] for r in rows]))
         if all("difference" in r for r in rows):
-            out["baseline_test_accuracy"] = sum(
-                round(r["baseline_test_accuracy"] * r["test"]) for r in rows) / n
+            out["baseline_test_accuracy"] = pooled("baseline_test_accuracy")
             d = np.array([r["difference"] for r in rows])
             out["difference_mean"] = float(d.mean())
             out["difference_se"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 \
