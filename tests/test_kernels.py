@@ -123,14 +123,18 @@ def test_fast_equals_reference_other_sizes(backend, variant, size):
 
 @pytest.mark.skipif(COMPILED["native"] is None, reason="backend 'native' is not available here")
 @pytest.mark.parametrize("split", ["rows", "units", "auto"])
-@pytest.mark.parametrize("size", [(4, 26, 5, 40), (3, 13, 3, 17), (3, 2, 4, 33)],
-                         ids=["B26H40", "B13H17", "B2H33"])
+@pytest.mark.parametrize("size", [(4, 26, 5, 40), (3, 13, 3, 17), (3, 2, 4, 33), (3, 11, 4, 64),
+                                  (2, 9, 3, 110)],
+                         ids=["B26H40", "B13H17", "B2H33", "B11H64", "B9H110"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_native_threads_split_by_rows_or_units_agree_with_reference(monkeypatch, variant, size,
                                                                     split):
     """Every step on all threads (min_work 0), the threads splitting the batch rows (each one
     runs its rows' recurrence with no barrier; bias sums per thread, added at the end) or the
-    hidden units: both give the reference's results, masks, clipping and records included."""
+    hidden units: both give the reference's results, masks, clipping and records included.
+    In float64 (8 units a vector) the sizes give each of two threads' unit panels (Panels in
+    _loops.cpp) every shape: H = 17 and 33 a share of one vector, 40 two and three, 64 four
+    (2 + 2), 110 seven (3 + 2 + 2, the last vector partial)."""
     native = COMPILED["native"]
     if native._lib.max_threads() < 2:
         pytest.skip("one OpenMP thread here: nothing to split")

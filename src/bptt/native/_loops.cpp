@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -318,28 +319,56 @@ void pack_forward(R *p, const R *Wx, int D, const R *Wh, int H, int G, int nhalf
     }
 }
 
-// A (K + K2, H) matrix, W's K rows then W2's K2, packed in panels of NVB blocks of L units:
-// P[jp][k][v][L] = [W; W2][k, j], j = (jp * NVB + v) * L + l (zero past H). The backward's W_hh
-// (K = G * H, no W2); the RNN's [W_ih^T; W_hh^T]. Packed<R>(units_bytes) holds the buffer,
-// pack_units fills panels jp0 .. jp1-1.
-template <class R> size_t units_bytes(int H, int K, int NVB) {
-    const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
-    return sizeof(R) * size_t(npan) * K * NVB * L;
+// The panels of a unit loop (unit_steps): the nvec vectors of L units (ceil(H / L)) split
+// evenly between nt threads, and each thread's share cut in panels of 3 vectors, the widest
+// tile of 8 rows that keeps its 24 accumulators and 3 weight vectors in the 32 registers: at
+// (B, K) = (128, 512) it ran at 166-171 GFLOP/s on one core against 130-139 for panels of 2.
+// A share that 3 does not divide ends in one panel of 2, or two (n = 3q + 1, q > 0), or is one
+// vector. Panel p is vectors v0[p] .. v0[p] + w[p] - 1; thread t's panels are bound[t] ..
+// bound[t+1] - 1.
+struct Panels {
+    std::vector<int> v0, w, bound;
+    Panels(int nvec, int nt) {
+        bound.push_back(0);
+        for (int t = 0; t < nt; t++) {
+            int a = int(long(nvec) * t / nt), n = int(long(nvec) * (t + 1) / nt) - a;
+            int tail[2] = {n % 3 == 1 ? (n > 1 ? 2 : 1) : n % 3, n % 3 == 1 && n > 1 ? 2 : 0};
+            for (int q = 0; q < (n - tail[0] - tail[1]) / 3; q++) add(a, 3);
+            for (int x : tail)
+                if (x) add(a, x);
+            bound.push_back(int(v0.size()));
+        }
+    }
+    void add(int &a, int width) { v0.push_back(a), w.push_back(width), a += width; }
+    int size() const { return int(v0.size()); }
+};
+
+// A (K + K2, H) matrix, W's K rows then W2's K2, packed by panels (Panels): panel p's rows of
+// w[p] vectors at P + v0[p] * (K + K2) * L, P[k][v][l] = [W; W2][k, j],
+// j = (v0[p] + v) * L + l (zero past H). The backward's W_hh (K = G * H, no W2); the RNN's
+// [W_ih^T; W_hh^T]. Packed<R>(units_bytes) holds the buffer, pack_units fills panels
+// p0 .. p1-1.
+template <class R> size_t units_bytes(int H, int K) {
+    const int L = VT<R>::L, nvec = (H + L - 1) / L;
+    return sizeof(R) * size_t(nvec) * K * L;
 }
 
 template <class R>
-void pack_units(R *p, const R *W, int H, int K, int NVB, const R *W2, int K2, int jp0,
-                int jp1) {
+void pack_units(R *P, const R *W, int H, int K, const R *W2, int K2, const Panels &pn, int p0,
+                int p1) {
     const int L = VT<R>::L, KK = K + K2;
-    for (int jp = jp0; jp < jp1; jp++)
+    for (int p = p0; p < p1; p++) {
+        const int v0 = pn.v0[p], w = pn.w[p];
+        R *out = P + long(v0) * KK * L;
         for (int k = 0; k < KK; k++) {
             const R *row = k < K ? W + long(k) * H : W2 + long(k - K) * H;
-            for (int v = 0; v < NVB; v++)
+            for (int v = 0; v < w; v++)
                 for (int l = 0; l < L; l++) {
-                    int j = (jp * NVB + v) * L + l;
-                    p[((long(jp) * KK + k) * NVB + v) * L + l] = j < H ? row[j] : R(0);
+                    int j = (v0 + v) * L + l;
+                    out[(long(k) * w + v) * L + l] = j < H ? row[j] : R(0);
                 }
         }
+    }
 }
 
 // p[0 .. n) += v: a bias gradient's running sum over rows and steps (NULL: not wanted). Each
@@ -367,7 +396,8 @@ template <> struct FlushSubnormals<float> {
 
 // Calls init(lo, hi) once, then step(s, lo, hi, r0, r1) for s = 0 .. nsteps-1, over nt threads
 // (nt = 1: no OpenMP). init packs blocks lo .. hi-1 of the weights, this thread's share of the
-// nb blocks of units. The steps are split one of two ways:
+// nb blocks of units: an even share, or bound[t] .. bound[t+1] - 1 for thread t (bound: nt + 1
+// values; should OpenMP give fewer threads than nt, each takes whole neighbouring shares). The steps are split one of two ways:
 //   by units (by_rows false): [lo, hi) as init's, all rows [0, B), a barrier between steps,
 //     since every row of a step reads every unit of the one before; no barrier after init,
 //     since a thread reads no other thread's blocks;
@@ -375,7 +405,8 @@ template <> struct FlushSubnormals<float> {
 //     rows), and no barrier between steps at all: a row's recurrence reads only its own row.
 //     One barrier after init, since every thread reads every block.
 template <class R, class I, class F>
-void run_steps(int nsteps, int nb, int nt, int B, int MR, bool by_rows, I init, F step) {
+void run_steps(int nsteps, int nb, int nt, int B, int MR, bool by_rows, I init, F step,
+               const int *bound = nullptr) {
     if (nt <= 1) {
         FlushSubnormals<R> flush;
         init(0, nb);
@@ -388,6 +419,7 @@ void run_steps(int nsteps, int nb, int nt, int B, int MR, bool by_rows, I init, 
         FlushSubnormals<R> flush;
         int tid = omp_get_thread_num(), n = omp_get_num_threads();
         int lo = int(long(nb) * tid / n), hi = int(long(nb) * (tid + 1) / n);
+        if (bound) lo = bound[long(nt) * tid / n], hi = bound[long(nt) * (tid + 1) / n];
         init(lo, hi);
         if (by_rows) {
             const int nrb = (B + MR - 1) / MR;
@@ -468,47 +500,54 @@ void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, 
     });
 }
 
-// Unit panels of NVB blocks of L units (pack_units): every step i with a(i) not null, for each
-// row block and panel, the tile [a(i), a2(i)][rows] @ P (K + K2 deep; rows lda, lda2 apart) and
+// Unit panels (Panels, pack_units): every step i with a(i) not null, for each row block and
+// panel, the tile [a(i), a2(i)][rows] @ P (K + K2 deep; rows lda, lda2 apart) and
 // epi(i, b, j0, n, rec) on each row and block of units; a step with a(i) null calls epi with
 // rec = 0 (nothing to multiply). pack(lo, hi) packs panels lo .. hi-1 of P first.
-constexpr int NVB = 2, UNIT_MR = 8;
+constexpr int UNIT_MR = 8;
 
-// The threads of a unit_steps loop over B rows, K deep (both parts), H units.
+// The threads of a unit_steps loop over B rows, K deep (both parts), H units: at most one a
+// pair of vectors.
 template <class R> int unit_threads(int B, int K, int H, long min_work) {
-    const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
-    return threads_for(long(B) * K * H, npan, min_work);
+    const int L = VT<R>::L, pairs = (H + 2 * L - 1) / (2 * L);
+    return threads_for(long(B) * K * H, pairs, min_work);
 }
 
 // by_rows: see run_steps (the caller decides, with split_by_rows, for its own bookkeeping).
 template <class R, class Pack, class A, class Epi, class A2>
-void unit_steps(const R *P, int K, long lda, int nsteps, int B, int H, int nt, bool by_rows,
-                Pack pack, A a, Epi epi, int K2, long lda2, A2 a2) {
+void unit_steps(const R *P, const Panels &pn, int K, long lda, int nsteps, int B, int H, int nt,
+                bool by_rows, Pack pack, A a, Epi epi, int K2, long lda2, A2 a2) {
     typedef typename VT<R>::V V;
-    const int L = VT<R>::L, npan = (H + NVB * L - 1) / (NVB * L);
-    run_steps<R>(nsteps, npan, nt, B, UNIT_MR, by_rows, pack, [&](int i, int lo, int hi, int r0,
-                                                                   int r1) {
+    const int L = VT<R>::L;
+    run_steps<R>(nsteps, pn.size(), nt, B, UNIT_MR, by_rows, pack, [&](int i, int lo, int hi,
+                                                                        int r0, int r1) {
         const R *Ai = a(i), *A2i = a2(i);
         for (int jp = lo; jp < hi; jp++) {
+            const int v0 = pn.v0[jp], w = pn.w[jp];
             if (!Ai) {
-                for (int v = 0; v < NVB && (jp * NVB + v) * L < H; v++) {
-                    const int j0 = (jp * NVB + v) * L, n = std::min(L, H - j0);
+                for (int v = v0; v < v0 + w && v * L < H; v++) {
+                    const int j0 = v * L, n = std::min(L, H - j0);
                     for (long b = r0; b < r1; b++) epi(i, b, j0, n, V{});
                 }
                 continue;
             }
-            rows<UNIT_MR>(r0, r1, [&]<int M>(int b0) {
-                V acc[M][NVB];
-                tile<R, M, NVB>(K, Ai + b0 * lda, lda, K2, A2i + b0 * lda2, lda2,
-                                P + long(jp) * (K + K2) * NVB * L, acc);
-                for (int r = 0; r < M; r++)
-                    for (int v = 0; v < NVB && (jp * NVB + v) * L < H; v++) {
-                        const int j0 = (jp * NVB + v) * L;
-                        epi(i, long(b0 + r), j0, std::min(L, H - j0), acc[r][v]);
-                    }
-            });
+            const R *Pp = P + long(v0) * (K + K2) * L;
+            auto panel = [&]<int NP>() {
+                rows<UNIT_MR>(r0, r1, [&]<int M>(int b0) {
+                    V acc[M][NP];
+                    tile<R, M, NP>(K, Ai + b0 * lda, lda, K2, A2i + b0 * lda2, lda2, Pp, acc);
+                    for (int r = 0; r < M; r++)
+                        for (int v = 0; v < NP && (v0 + v) * L < H; v++) {
+                            const int j0 = (v0 + v) * L;
+                            epi(i, long(b0 + r), j0, std::min(L, H - j0), acc[r][v]);
+                        }
+                });
+            };
+            if (w == 3) panel.template operator()<3>();
+            else if (w == 2) panel.template operator()<2>();
+            else panel.template operator()<1>();
         }
-    });
+    }, pn.bound.data());
 }
 
 // dL/dh_s for row sb = s * B + b, units j0 .. j0+n: what arrives from step s+1 (rec) plus the
@@ -537,7 +576,8 @@ int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K
                    Elem elem, Extra extra) {
     typedef typename VT<R>::V V;
     const int nt = unit_threads<R>(B, K + K2, H, min_work);
-    const size_t bytes = units_bytes<R>(H, K + K2, NVB);
+    const size_t bytes = units_bytes<R>(H, K + K2);
+    const Panels pn((H + VT<R>::L - 1) / VT<R>::L, nt);
     const bool by_rows = split_by_rows(B, UNIT_MR, nt, bytes);
     Packed<R> packed(bytes);
     R *P = packed.p;
@@ -553,8 +593,8 @@ int backward_steps(const R *W, const R *dA, int K, long lda, const R *dA2, int K
 #endif
     };
     unit_steps<R>(
-        P, K, lda, T + 1, B, H, nt, by_rows,
-        [&](int lo, int hi) { pack_units(P, W, H, K + K2, NVB, W, 0, lo, hi); },
+        P, pn, K, lda, T + 1, B, H, nt, by_rows,
+        [&](int lo, int hi) { pack_units(P, W, H, K + K2, W, 0, pn, lo, hi); },
         [&](int i) { return i == 0 ? nullptr : dA + long(T - i) * B * lda; },
         [&](int i, long b, int j0, int n, V rec) {
             if (i == 0) return elem(T - 1, b, j0, n, ldn<V>(dh_n + b * H + j0, n), sums());
@@ -738,15 +778,16 @@ template <class R>
 int rnn_forward(const R *WxT, const R *WhT, const R *bias, const R *x, int D, R *h,
                 const R *mask, int relu, int T, int B, int H, long min_work) {
     typedef typename VT<R>::V V;
-    const size_t bytes = units_bytes<R>(H, D + H, NVB);
+    const size_t bytes = units_bytes<R>(H, D + H);
     Packed<R> packed(bytes);
     R *P = packed.p;
     if (!P) return -1;
     const int nt = unit_threads<R>(B, D + H, H, min_work);
     const bool by_rows = split_by_rows(B, UNIT_MR, nt, bytes);
+    const Panels pn((H + VT<R>::L - 1) / VT<R>::L, nt);
     unit_steps<R>(
-        P, D, D, T, B, H, nt, by_rows,
-        [&](int lo, int hi) { pack_units(P, WxT, H, D, NVB, WhT, H, lo, hi); },
+        P, pn, D, D, T, B, H, nt, by_rows,
+        [&](int lo, int hi) { pack_units(P, WxT, H, D, WhT, H, pn, lo, hi); },
         [&](int t) { return x + long(t) * B * D; },
         [&](int t, long b, int j0, int n, V a) {
             const long tb = long(t) * B + b;
