@@ -383,15 +383,20 @@ template <class V, class R> AI void add_to(R *p, V v, int n) {
 // (100, 128, 512), one thread, a fifth of the time went to waiting for dy and h. So each tile
 // asks first for the lines that the next row block's elementwise part will use. (Inline asm:
 // GCC 12 dropped __builtin_prefetch from these loops.)
+template <bool WRITE> AI void fetch_line(const char *c) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (WRITE) asm volatile("prefetchw %0" : : "m"(*c));
+    else asm volatile("prefetcht0 %0" : : "m"(*c));
+#else
+    __builtin_prefetch(c, WRITE, 3);
+#endif
+}
+
 template <bool WRITE = false, class R> AI void fetch(const R *p, int n) {
     const char *c = reinterpret_cast<const char *>(p);
     const long bytes = long(n) * sizeof(R);
-    for (long o = 0; o < bytes; o += 64) {
-        if (WRITE) asm volatile("prefetchw %0" : : "m"(c[o]));
-        else asm volatile("prefetcht0 %0" : : "m"(c[o]));
-    }
-    if (WRITE) asm volatile("prefetchw %0" : : "m"(c[bytes - 1]));
-    else asm volatile("prefetcht0 %0" : : "m"(c[bytes - 1]));
+    for (long o = 0; o < bytes; o += 64) fetch_line<WRITE>(c + o);
+    fetch_line<WRITE>(c + bytes - 1);
 }
 
 // ---- the time loop driver --------------------------------------------------------------------
