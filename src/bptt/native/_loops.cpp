@@ -419,15 +419,17 @@ template <> struct FlushSubnormals<float> {
 // Calls init(lo, hi) once, then step(s, lo, hi, r0, r1) for s = 0 .. nsteps-1, over nt threads
 // (nt = 1: no OpenMP). init packs blocks lo .. hi-1 of the weights, this thread's share of the
 // nb blocks of units: an even share, or bound[t] .. bound[t+1] - 1 for thread t (bound: nt + 1
-// values; should OpenMP give fewer threads than nt, each takes whole neighbouring shares). The steps are split one of two ways:
+// values; should OpenMP give fewer threads than nt, each takes whole neighbouring shares). The
+// steps are split one of two ways:
 //   by units (by_rows false): [lo, hi) as init's, all rows [0, B), a barrier between steps,
 //     since every row of a step reads every unit of the one before; no barrier after init,
 //     since a thread reads no other thread's blocks;
-//   by rows (by_rows true): all units [0, nb), this thread's rows [r0, r1) (whole blocks of MR
-//     rows), and no barrier between steps at all: a row's recurrence reads only its own row.
+//   by rows (by_rows true): all units [0, nb), this thread's rows [r0, r1) (an even share of
+//     the B rows), and no barrier between steps at all: a row's recurrence reads only its own
+//     row.
 //     One barrier after init, since every thread reads every block.
 template <class R, class I, class F>
-void run_steps(int nsteps, int nb, int nt, int B, int MR, bool by_rows, I init, F step,
+void run_steps(int nsteps, int nb, int nt, int B, bool by_rows, I init, F step,
                const int *bound = nullptr) {
     if (nt <= 1) {
         FlushSubnormals<R> flush;
@@ -444,9 +446,7 @@ void run_steps(int nsteps, int nb, int nt, int B, int MR, bool by_rows, I init, 
         if (bound) lo = bound[long(nt) * tid / n], hi = bound[long(nt) * (tid + 1) / n];
         init(lo, hi);
         if (by_rows) {
-            const int nrb = (B + MR - 1) / MR;
-            const int r0 = std::min(B, MR * (nrb * tid / n));
-            const int r1 = std::min(B, MR * (nrb * (tid + 1) / n));
+            const int r0 = int(long(B) * tid / n), r1 = int(long(B) * (tid + 1) / n);
 #pragma omp barrier
             for (int s = 0; s < nsteps; s++) step(s, 0, nb, r0, r1);
         } else {
@@ -464,16 +464,18 @@ void run_steps(int nsteps, int nb, int nt, int B, int MR, bool by_rows, I init, 
 }
 
 // Whether a loop splits its threads by rows rather than by units (run_steps): where each thread
-// has at least two blocks of MR rows and every thread can keep all the packed weights
+// has at least a block of MR rows and every thread can keep all the packed weights
 // (`packed` bytes) in its L2 cache. Small steps then lose no time to a barrier and to moving
 // the other core's half of h_t at every step: at (T, B, H) = (100, 32, 128) a training step
-// took 13-21% less (LSTM, GRU, RNN). split_mode (set_split) 1 or 2 forces rows or units.
+// took 13-21% less (LSTM, GRU, RNN); at (1000, 16, 64), with one block a thread (sixth
+// session; two before), an LSTM training step about a third less. split_mode (set_split) 1 or
+// 2 forces rows or units.
 int split_mode = 0;
 bool split_by_rows(int B, int MR, int nt, size_t packed) {
     if (nt <= 1) return false;
     if (split_mode == 1) return B >= nt;
     if (split_mode == 2) return false;
-    return B >= 2 * MR * nt && packed <= (size_t(1) << 20);
+    return B >= MR * nt && packed <= (size_t(1) << 20);
 }
 
 int threads_for(long work, int nb, long min_work) {
@@ -508,7 +510,7 @@ void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, 
     const int L = VT<R>::L, nb = (H + L - 1) / L;
     int nt = threads_for(long(B) * G * H * (D + H), nb, min_work);
     bool by_rows = split_by_rows(B, MR, nt, forward_bytes<R>(D, H, G));
-    run_steps<R>(T, nb, nt, B, MR, by_rows, pack, [&](int t, int lo, int hi, int r0, int r1) {
+    run_steps<R>(T, nb, nt, B, by_rows, pack, [&](int t, int lo, int hi, int r0, int r1) {
         for (int jb = lo; jb < hi; jb++) {
             const int j0 = jb * L, n = std::min(L, H - j0);
             rows<MR>(r0, r1, [&]<int M>(int b0) {
@@ -542,7 +544,7 @@ void unit_steps(const R *P, const Panels &pn, int K, long lda, int nsteps, int B
                 bool by_rows, Pack pack, A a, Epi epi, int K2, long lda2, A2 a2, Pre pre) {
     typedef typename VT<R>::V V;
     const int L = VT<R>::L;
-    run_steps<R>(nsteps, pn.size(), nt, B, UNIT_MR, by_rows, pack, [&](int i, int lo, int hi,
+    run_steps<R>(nsteps, pn.size(), nt, B, by_rows, pack, [&](int i, int lo, int hi,
                                                                         int r0, int r1) {
         const R *Ai = a(i), *A2i = a2(i);
         for (int jp = lo; jp < hi; jp++) {
