@@ -132,9 +132,9 @@ def test_native_threads_split_by_rows_or_units_agree_with_reference(monkeypatch,
     """Every step on all threads (min_work 0), the threads splitting the batch rows (each one
     runs its rows' recurrence with no barrier; bias sums per thread, added at the end) or the
     hidden units: both give the reference's results, masks, clipping and records included.
-    In float64 (8 units a vector) the sizes give each of two threads' unit panels (Panels in
-    _loops.cpp) every shape: H = 17 and 33 a share of one vector, 40 two and three, 64 four
-    (2 + 2), 110 seven (3 + 2 + 2, the last vector partial)."""
+    In float64 (8 units a vector) the sizes give two threads' unit panels (Panels in
+    _loops.cpp) every shape: shares of one and two vectors at H = 17, two and three at 33 and
+    40, four (2 + 2) at 64, seven (3 + 2 + 2, the last vector partial) at 110."""
     native = COMPILED["native"]
     if native._lib.max_threads() < 2:
         pytest.skip("one OpenMP thread here: nothing to split")

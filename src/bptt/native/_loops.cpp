@@ -332,7 +332,8 @@ struct Panels {
         bound.push_back(0);
         for (int t = 0; t < nt; t++) {
             int a = int(long(nvec) * t / nt), n = int(long(nvec) * (t + 1) / nt) - a;
-            int tail[2] = {n % 3 == 1 ? (n > 1 ? 2 : 1) : n % 3, n % 3 == 1 && n > 1 ? 2 : 0};
+            int tail[2] = {n % 3, 0};                         // 3q, 3q + 2, or 1
+            if (n % 3 == 1 && n > 1) tail[0] = tail[1] = 2;   // 3q + 1 = 3(q - 1) + 2 + 2
             for (int q = 0; q < (n - tail[0] - tail[1]) / 3; q++) add(a, 3);
             for (int x : tail)
                 if (x) add(a, x);
@@ -379,10 +380,10 @@ template <class V, class R> AI void add_to(R *p, V v, int n) {
 
 // Asks for the cache lines of p[0 .. n) ahead of their use: to read, or to write (prefetchw).
 // The elementwise parts of the loops read and write a row's few lines 4 H bytes and more apart,
-// a pattern the hardware's prefetchers do not foresee: in the RNN's backward loop at
-// (100, 128, 512), one thread, a fifth of the time went to waiting for dy and h. So each tile
-// asks first for the lines that the next row block's elementwise part will use. (Inline asm:
-// GCC 12 dropped __builtin_prefetch from these loops.)
+// a pattern the hardware's prefetchers do not foresee: in a profile of the RNN's backward loop
+// at (100, 128, 512), one thread, a quarter of the samples sat on the loads of dy and h. So
+// each tile asks first for the lines that the next row block's elementwise part will use.
+// (Inline asm: GCC 12 dropped __builtin_prefetch from these loops.)
 template <bool WRITE> AI void fetch_line(const char *c) {
 #if defined(__x86_64__) || defined(__i386__)
     if (WRITE) asm volatile("prefetchw %0" : : "m"(*c));
@@ -531,8 +532,8 @@ void gate_steps(const R *P, const R *x, int D, const R *h, int T, int B, int H, 
 // rec = 0 (nothing to multiply). pack(lo, hi) packs panels lo .. hi-1 of P first.
 constexpr int UNIT_MR = 8;
 
-// The threads of a unit_steps loop over B rows, K deep (both parts), H units: at most one a
-// pair of vectors.
+// The threads of a unit_steps loop over B rows, K deep (both parts), H units: at most one
+// thread for each pair of vectors of units.
 template <class R> int unit_threads(int B, int K, int H, long min_work) {
     const int L = VT<R>::L, pairs = (H + 2 * L - 1) / (2 * L);
     return threads_for(long(B) * K * H, pairs, min_work);
