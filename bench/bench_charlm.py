@@ -26,7 +26,8 @@ from bptt.clip import clip_grad_norm
 from bptt.data.text import CharStream, Vocabulary, load_shakespeare, split_text
 from bptt.losses import softmax_cross_entropy
 from bptt.optim import Adam
-from bptt.train import TrainConfig, build_model, evaluate_bpc
+from bptt.apps.charlm import CharLMConfig as TrainConfig, build_model
+from bptt.objectives import evaluate_bpc
 
 LN2 = math.log(2.0)
 
@@ -54,7 +55,7 @@ def bptt_runner(model, cfg):
             state[0] = None
         logits, state[0], tape = model.forward(x, state[0])
         loss, dlogits = softmax_cross_entropy(logits, y)
-        _, grads = model.backward(dlogits, tape)
+        _, _, grads = model.backward(dlogits, tape)
         clip_grad_norm(grads, cfg.clip)
         opt.step(grads)
         return loss
@@ -103,7 +104,7 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--k1", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--backend", default="numpy", help="bptt's cells: numpy, native, numba, auto")
+    p.add_argument("--backend", default="numpy", help="bptt's cells: numpy, native, auto")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

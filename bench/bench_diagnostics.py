@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from bptt import diagnostics  # noqa: E402
 from bptt.data.tasks import Task  # noqa: E402
-from bptt.task_trainer import TaskConfig, build_task_model  # noqa: E402
+from bptt.apps.tasks import TaskConfig, build_task_model  # noqa: E402
 
 
 def best(fn, repeats):

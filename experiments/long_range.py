@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from bptt import diagnostics  # noqa: E402
 from bptt.data.tasks import Task  # noqa: E402
-from bptt.task_trainer import TaskConfig, TaskTrainer, build_task_model  # noqa: E402
+from bptt.apps.tasks import TaskConfig, TaskRun as TaskTrainer, build_task_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELLS = ("rnn", "irnn", "lstm", "gru")
@@ -60,7 +60,7 @@ def one_run(args):
     result = trainer.outcome()
     result.update(reason=reason, wall_s=time.perf_counter() - t0,
                   history=[(h["step"], h["test_loss"]) for h in trainer.history])
-    if not trainer.diverged:   # the gradient's reach in the final model, on a fresh batch
+    if not trainer.trainer.nonfinite:   # the gradient's reach in the final model, on a fresh batch
         t = Task(task, length)
         x, y = t.sample(64, np.random.default_rng([0, 3]))
         rep = diagnostics.diagnose(trainer.model, x, lambda out: t.loss(out, y))

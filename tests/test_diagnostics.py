@@ -309,11 +309,11 @@ def test_record_backward_returns_what_layer_backward_returns(cell):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_compiled_backend_gives_the_same_report(cell):
-    """With backend='numba' the layer's cells are compiled twins; the report must not change."""
-    pytest.importorskip("numba")
+    """With backend='native' the layer's cells are compiled twins; the report must not change."""
+    pytest.importorskip("bptt.native")
     m, x, dout = make(cell, "step", layers=2, bidirectional=True, scale=3.0)
     fast = Model(4, 5, 3, cell=cell, input="identity", head="step", num_layers=2,
-                 bidirectional=True, dtype=np.float64, backend="numba")
+                 bidirectional=True, dtype=np.float64, backend="native")
     fast.load_state_dict(m.state_dict())
     assert fast.rnn.cell is not type(fast.rnn).cell
     reps = []

@@ -1,4 +1,4 @@
-"""The compiled backends, ``native`` (``bptt.native``, C++) and ``numba`` (``bptt.kernels``),
+"""The compiled backend, ``native`` (``bptt.native``, C++),
 against the NumPy reference cells to ~1e-12 and, through the layers, against torch autograd in
 float64 to 1e-9: every family and variant, bias or not, masks and lengths, per-step clipping and
 the record of dL/dh_t, float32 and float64. Each test runs for each backend that imports."""
@@ -21,7 +21,7 @@ def _compiled(package):
         return None
 
 
-COMPILED = {"native": _compiled("bptt.native"), "numba": _compiled("bptt.kernels")}
+COMPILED = {"native": _compiled("bptt.native")}
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
     module is None, reason=f"backend {name!r} is not available here"))
     for name, module in COMPILED.items()]
@@ -268,8 +268,8 @@ def test_layer_backend_choice(backend):
 @pytest.mark.parametrize("name", list(LAYERS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_goes_where_the_reference_puts_it(backend, name, dtype):
-    """Compiled code may assume no NaN (numba's fastmath); a diverged run must still show NaN,
-    as the reference."""
+    """Compiled code may assume no NaN (fast-math); a diverged run must still show NaN, as the
+    reference."""
     cls, kw = LAYERS[name]
     x = np.zeros((4, 2, 3), dtype)
     x[1, 0, 0] = np.nan
@@ -286,11 +286,8 @@ def test_nan_goes_where_the_reference_puts_it(backend, name, dtype):
 
 def test_compiled_backends_missing_say_so(monkeypatch):
     import sys
-    for package in ("kernels", "native"):
-        monkeypatch.delattr(bptt, package, raising=False)
-        monkeypatch.setitem(sys.modules, f"bptt.{package}", None)  # import fails as if not built
-    with pytest.raises(ImportError, match="fast"):
-        bptt.LSTM(2, 3, backend="numba")
+    monkeypatch.delattr(bptt, "native", raising=False)
+    monkeypatch.setitem(sys.modules, "bptt.native", None)  # import fails as if not built
     with pytest.raises(ImportError, match="compiler"):
         bptt.LSTM(2, 3, backend="native")
     assert bptt.LSTM(2, 3, backend="auto").cell is lstm

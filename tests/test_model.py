@@ -86,7 +86,7 @@ def test_model_loss_and_grads_match_torch(cell, kind, head, layers, bi, use_leng
         xt = torch.tensor(x)
     else:
         x = rng.standard_normal((T, B, D))
-        xt = torch.tensor(x)
+        xt = torch.tensor(x, requires_grad=True)
     out, _, tape = m.forward(x, lengths=lengths)
     out_t = twin(xt, lengths)
     if head == "step":  # language-model loss over valid steps
@@ -102,8 +102,12 @@ def test_model_loss_and_grads_match_torch(cell, kind, head, layers, bi, use_leng
         loss, dout = mse(out, target)
         loss_t = torch.nn.functional.mse_loss(out_t, torch.tensor(target))
     loss_t.backward()
-    _, grads = m.backward(dout, tape)
+    dx, _, grads = m.backward(dout, tape)
     assert rel_err(out, out_t.detach().numpy()) < 1e-9
+    if kind == "embedding":
+        assert dx is None                      # token ids have no gradient
+    else:
+        assert rel_err(dx, xt.grad.numpy()) < 1e-9
     assert abs(loss - loss_t.item()) / abs(loss_t.item()) < 1e-9
     tgrads = dict(twin.named_parameters())
     assert grads.keys() == tgrads.keys()

@@ -16,7 +16,7 @@ from bptt.cli import main
 from bptt.data import sentiment as sd
 from bptt.model import Model
 from bptt.supervised import SequenceData, pad_sequences
-from bptt.train import evaluate_bpc
+from bptt.objectives import evaluate_bpc
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_same_seed_same_run_other_seed_other_run():
 
 def test_bucketed_epochs_visit_every_sequence_once_with_less_padding(monkeypatch):
     """Each sequence is its own class, so the labels a batch carries name its sequences."""
-    import bptt.supervised as sup
+    import bptt.objectives as sup
 
     rng = np.random.default_rng(12)
     n = 400

@@ -1,4 +1,5 @@
-"""The trainer: TBPTT(k1, k2) windows, exact resume, atomic checkpoints, the CLI."""
+"""The char-LM on the one trainer: TBPTT(k1, k2) windows, exact resume, atomic checkpoints, the
+CLI."""
 
 import dataclasses
 import os
@@ -14,7 +15,10 @@ import torch
 from bptt import checkpoint
 from bptt.cli import main as cli_main
 from bptt.data.text import CharStream, Vocabulary
-from bptt.train import StreamTrainer, TrainConfig, build_model
+from bptt.apps.charlm import CharLMConfig as TrainConfig
+from bptt.apps.charlm import build_model
+from bptt.objectives import StreamObjective
+from bptt.trainer import Trainer
 from conftest import rel_err
 from test_model import TorchTwin
 
@@ -26,14 +30,18 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
 def make_trainer(tmp_path, **overrides):
     options = dict(cell="lstm", hidden=12, layers=2, embed=6, k1=5, k2=9, batch=3, steps=12,
                    eval_every=4, eval_chars=300, checkpoint_every=3, log_every=2, dropout=0.2,
-                   progress=False, seed=7)
+                   seed=7)
     options.update(overrides)
     cfg = TrainConfig(**options)
     vocab = Vocabulary.from_text(TEXT)
     ids = vocab.encode(TEXT)
     stream = CharStream(ids[:3000], cfg.batch, cfg.k1)
     model = build_model(cfg, vocab.size)
-    return StreamTrainer(model, stream, ids[3000:], cfg, tmp_path)
+    objective = StreamObjective(model, stream, cfg.window, ids[3000:], cfg.eval_chars)
+    tr = Trainer(model, objective, cfg.loop(), tmp_path, seed=cfg.seed,
+                 rng=np.random.default_rng(cfg.seed + 1), meta={"command": "train charlm"})
+    tr.cfg, tr.stream = cfg, stream
+    return tr
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
@@ -80,8 +88,8 @@ def test_window_grads_match_torch_and_state_is_carried(tmp_path):
         assert rel_err(captured[-1][name], p.grad.numpy()) < 1e-9, name
     with torch.no_grad():
         _, (h_next, _) = twin.rnn(twin.embedding(torch.tensor(stream_ids[:end - (k2 - k1)])))
-    assert rel_err(tr.state[0], h_next.numpy()) < 1e-12
-    assert tr.hist_x.shape == (k2 - k1, 3)
+    assert rel_err(tr.objective.state.h[0], h_next.numpy()) < 1e-12
+    assert tr.objective.state.tail.shape == (k2 - k1, 3)
 
 
 def test_new_pass_resets_state(tmp_path):
@@ -89,9 +97,9 @@ def test_new_pass_resets_state(tmp_path):
     per_epoch = tr.stream.batches_per_epoch
     tr.stream.load_state_dict({**tr.stream.state_dict(), "batch": per_epoch - 1})
     tr.train_step()
-    assert tr.state is not None
+    assert tr.objective.state.h is not None
     tr.train_step()                                  # first batch of the next pass
-    assert tr.hist_x.shape[0] <= tr.cfg.k1           # the history was emptied first
+    assert tr.objective.state.tail.shape[0] <= tr.cfg.k1   # the history was emptied first
 
 
 def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
@@ -152,7 +160,7 @@ def test_config_rejects_bad_values():
         TrainConfig(steps=None, minutes=None)
     with pytest.raises(ValueError, match="clip_mode"):
         TrainConfig(clip_mode="sometimes")
-    with pytest.raises(ValueError, match="expected backend one of auto, numpy, numba, native, "
+    with pytest.raises(ValueError, match="expected backend one of auto, numpy, native, "
                                          "got 'gpu'"):
         TrainConfig(backend="gpu")
 
@@ -164,15 +172,15 @@ def test_backends_train_the_same_model():
     rng = np.random.default_rng(4)
     ids = rng.integers(0, 11, size=(7, 3))
     out = {}
-    for backend in ("numpy", "native", "numba"):
+    for backend in ("numpy", "native"):
         if backend != "numpy":
             try:
-                importlib.import_module({"native": "bptt.native", "numba": "bptt.kernels"}[backend])
+                importlib.import_module("bptt.native")
             except ImportError:
                 continue
         model = build_model(TrainConfig(backend=backend, **cfg), 11)
         logits, _, tape = model.forward(ids[:-1])
-        _, grads = model.backward(np.cos(logits), tape)     # any upstream gradient will do
+        _, _, grads = model.backward(np.cos(logits), tape)  # any upstream gradient will do
         out[backend] = (logits.sum(), grads)
     ref_loss, ref = out.pop("numpy")
     assert out, "no compiled backend here to compare"
@@ -228,7 +236,7 @@ def test_cli_config_file_and_override(tmp_path):
     out = tmp_path / "run"
     assert run_cli("train", "charlm", "--config", toml, "--hidden", 9, "--out", out) == 0
     _, meta = checkpoint.load(out / "checkpoint.npz")
-    assert meta["config"]["hidden"] == 9 and meta["config"]["cell"] == "gru"
+    assert meta["app"]["config"]["hidden"] == 9 and meta["app"]["config"]["cell"] == "gru"
 
 
 def test_kill_and_resume_equals_straight_run(tmp_path):

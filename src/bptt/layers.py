@@ -79,6 +79,7 @@ class RecurrentLayer:
         self.dtype = dtype
         self.rng = np.random.default_rng(seed)
         self.cell = _cell_for(type(self).cell, backend, name)
+        self.backend = "numpy" if self.cell is type(self).cell else "native"   # what auto chose
 
         self.params = {}
         G, H = self.gates, self.hidden_size
@@ -181,6 +182,11 @@ class RecurrentLayer:
         if not copy:
             return np.ascontiguousarray(x, dtype=self.dtype)
         return np.array(x, dtype=self.dtype, order="C", copy=True)
+
+    def check_input(self, x):
+        """x checked at the door (real numbers, (T, B, D) or (B, T, D) with ``batch_first``)
+        and returned as a private time-major array of the layer's dtype."""
+        return self._check_x(x)
 
     def _check_lengths(self, lengths, T, B):
         name = type(self).__name__
@@ -384,9 +390,7 @@ class RecurrentLayer:
         return d_out, self._stack_states(dstates0), grads
 
 
-BACKENDS = ("auto", "numpy", "numba", "native")
-_COMPILED = {"native": ("native", "a C++20 compiler when bptt is installed"),
-             "numba": ("kernels", "numba and scipy (install the 'fast' extra)")}
+BACKENDS = ("auto", "numpy", "native")
 
 
 def check_backend(backend, who):
@@ -397,23 +401,19 @@ def check_backend(backend, who):
 
 
 def _cell_for(cell, backend, who):
-    """The reference cell module (``backend='numpy'``, the default) or its compiled twin:
-    ``bptt.native`` ('native', C++ built at install) or ``bptt.kernels`` ('numba'). 'auto'
-    takes the first of native, numba, numpy that imports."""
+    """The reference cell module (``backend='numpy'``) or its C++ twin in ``bptt.native``
+    ('native', built at install); 'auto' takes native where it was built, else the reference."""
     check_backend(backend, who)
     if backend == "numpy":
         return cell
-    family = cell.__name__.rsplit(".", 1)[1]
-    for name in (("native", "numba") if backend == "auto" else (backend,)):
-        package, needs = _COMPILED[name]
-        try:
-            module = importlib.import_module(f"bptt.{package}")
-        except ImportError as e:
-            if backend == "auto":
-                continue
-            raise ImportError(f"{who}: backend={backend!r} needs {needs}: {e}") from None
-        return module.FAMILIES[family]
-    return cell
+    try:
+        native = importlib.import_module("bptt.native")
+    except ImportError as e:
+        if backend == "auto":
+            return cell
+        raise ImportError(f"{who}: backend={backend!r} needs the C++ extension, built by a "
+                          f"C++20 compiler when bptt is installed: {e}") from None
+    return native.FAMILIES[cell.__name__.rsplit(".", 1)[1]]
 
 
 def _reverse_time(a, reverse_index):

@@ -67,6 +67,12 @@ class Model:
         n_feat = 2 * top if head == "meanmax" else top
         self.params.update(_linear_params("head", n_feat, self.output_size, rng, self.dtype))
 
+    @property
+    def bidirectional(self):
+        return self.rnn.bidirectional
+
+    batch_first = False          # a model is time-major throughout
+
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
         return {k: v.copy() for k, v in self.params.items()}
@@ -100,16 +106,20 @@ class Model:
         return np.zeros(shape, self.dtype)
 
     # ------------------------------------------------------------------ the passes
-    def forward(self, x, state=None, lengths=None, *, training=False, rng=None, memory=None):
-        """Return ``(out, state_n, tape)``; out is (T, B, O) for the ``step`` head, else (B, O)."""
-        inp = self._check_input(x)
+    def forward(self, x, state=None, lengths=None, *, training=False, rng=None, memory=None,
+                tape=True):
+        """Return ``(out, state_n, tape)``; out is (T, B, O) for the ``step`` head, else (B, O).
+        ``tape=False`` is inference: nothing is kept for a backward pass and the tape is None."""
+        inp = self.check_input(x)
         if self.input == "embedding":
             emb = self.params["embedding.weight"][inp]               # (T, B, E)
         elif self.input == "linear":
-            emb = inp @ self.params["proj.weight"].T + self.params["proj.bias"]
+            emb = _linear(inp, self.params["proj.weight"], self.params["proj.bias"])
         else:
             emb = inp
         kwargs = {} if memory is None else {"memory": memory}
+        if not tape:
+            kwargs["tape"] = False
         y, state_n, rnn_tape = self.rnn.forward(emb, state, lengths, training=training, rng=rng,
                                                 **kwargs)
         T, B = y.shape[:2]
@@ -120,14 +130,17 @@ class Model:
             feat = self._last_features(state_n)
         else:
             feat, argmax = self._pool(y, lengths)
-        out = feat @ W.T + b
+        out = _linear(feat, W, b)
+        if not tape:
+            return out, state_n, None
         tape = dict(inp=inp, rnn=rnn_tape, feat=feat, lengths=lengths, T=T, B=B)
         if self.head in ("max", "meanmax"):
             tape["argmax"] = argmax
         return out, state_n, tape
 
     def backward(self, dout, tape, dstate_n=None):
-        """Backpropagate ``dout`` (shaped like out); return ``(dstate0, grads)``."""
+        """Backpropagate ``dout`` (shaped like out); return ``(dx, dstate0, grads)`` as the layers
+        do: dx is dL/dx for a ``linear`` or ``identity`` input, None for token ids."""
         dout = np.asarray(dout, dtype=self.dtype)
         feat, T, B = tape["feat"], tape["T"], tape["B"]
         expected = feat.shape[:-1] + (self.output_size,)
@@ -139,7 +152,7 @@ class Model:
         d2 = dout.reshape(-1, self.output_size)
         grads["head.weight"] = d2.T @ feat.reshape(-1, feat.shape[-1])   # through out = feat W^T + b
         grads["head.bias"] = d2.sum(axis=0)
-        dfeat = dout @ W
+        dfeat = (d2 @ W).reshape(dout.shape[:-1] + (W.shape[1],))   # a 2-D product: see _linear
         H, dirs = self.rnn.hidden_size, self.rnn.directions
         if self.head == "step":
             dy = dfeat
@@ -152,6 +165,9 @@ class Model:
         for k, v in rnn_grads.items():
             grads[f"rnn.{k}"] = v
         inp = tape["inp"]
+        dinp = None
+        if self.input == "identity":
+            dinp = dx
         if self.input == "embedding":
             E = self.params["embedding.weight"]
             dE = np.zeros_like(E)
@@ -161,7 +177,8 @@ class Model:
             dx2 = dx.reshape(-1, dx.shape[-1])
             grads["proj.weight"] = dx2.T @ inp.reshape(-1, inp.shape[-1])
             grads["proj.bias"] = dx2.sum(axis=0)
-        return dstate0, {k: grads[k] for k in self.params}
+            dinp = (dx2 @ self.params["proj.weight"]).reshape(inp.shape)   # through x P^T + b
+        return dinp, dstate0, {k: grads[k] for k in self.params}
 
     # ------------------------------------------------------------------ helpers of the head
     def _top(self, state):
@@ -219,7 +236,9 @@ class Model:
             return np.full((B, 1), T, self.dtype)
         return np.asarray(lengths, self.dtype)[:, None]
 
-    def _check_input(self, x):
+    def check_input(self, x):
+        """x checked at the door: token ids (T, B) for an embedding input, else features
+        (T, B, D) as an array of the model's dtype."""
         if hasattr(x, "detach"):
             x = x.detach().cpu().numpy()
         x = np.asarray(x)
@@ -238,6 +257,14 @@ class Model:
             raise ValueError(f"Model: expected features of shape (T, B, {self.input_size}), "
                              f"got {x.shape}")
         return np.ascontiguousarray(x, dtype=self.dtype)
+
+
+def _linear(x, W, b):
+    """x W^T + b over the last axis, as one 2-D product: NumPy sends a product of a 3-D array to
+    a loop of small ones (or a slow threaded path), many times slower than the flat product."""
+    out = x.reshape(-1, x.shape[-1]) @ W.T
+    out += b
+    return out.reshape(x.shape[:-1] + (W.shape[0],))
 
 
 def _linear_params(prefix, n_in, n_out, rng, dtype):

@@ -351,21 +351,26 @@ class StreamState:
 
 class TBPTT:
     """Truncated BPTT(k1, k2) over a stream, for a unidirectional ``RNN``, ``LSTM`` or ``GRU``
-    (any ``num_layers``).
+    (any ``num_layers``), or a whole ``bptt.model.Model`` with a per-step head (then y is the
+    head's output, the logits of a language model, and dy the loss's gradient with respect to
+    it). Only the public methods of the layer or model are used: ``check_input``, ``forward``
+    and ``backward``.
 
     ``start(h0)`` begins a stream (and is the reset); ``step(state, x, dy)`` reads the next
     chunk of at most k1 steps and returns ``(state, y, grads)``. Each update backpropagates its
     chunk's losses through the chunk and the k2-k1 steps before it, from the state saved before
     them; for a full chunk of k1 steps that is the window of k2 steps ending at the chunk's last
     step. A shorter chunk (the end of a stream) keeps the same k2-k1 steps of history before it.
-    The window runs without dropout. ``clip`` clips dL/dh_t at every step of the window.
+    The window runs without dropout unless ``step`` is given ``training=True`` and an ``rng``.
+    ``clip`` clips dL/dh_t at every step of the window (layers only).
     """
 
     def __init__(self, layer, k1, k2, *, clip=None):
         who = "TBPTT"
-        if not all(hasattr(layer, a) for a in ("forward", "backward", "bidirectional", "params")):
+        if not all(hasattr(layer, a) for a in ("forward", "backward", "check_input",
+                                               "bidirectional", "params")):
             raise TypeError(f"{who}: expected a bptt.RNN, LSTM or GRU layer, got "
-                            f"{type(layer).__name__}")
+                            f"{type(layer).__name__} (a bptt Model with a step head streams too)")
         if layer.bidirectional:
             raise ValueError(f"{who}: a bidirectional layer cannot stream: its reverse direction "
                              f"starts from the end of the sequence, which a stream never reaches;"
@@ -379,8 +384,12 @@ class TBPTT:
                                  or not (math.isfinite(clip) and clip > 0)):
             raise ValueError(f"{who}: expected clip a positive finite number or None, got "
                              f"{clip!r}")
+        if clip is not None and not hasattr(layer, "hidden_size"):
+            raise ValueError(f"{who}: clip applies to a layer's dL/dh; clip a model's gradient "
+                             f"with bptt.clip instead")
         self.layer, self.k1, self.k2 = layer, k1, k2
         self.clip = clip
+        self.batch_first = getattr(layer, "batch_first", False)
 
     def __repr__(self):
         return f"TBPTT({self.layer!r}, k1={self.k1}, k2={self.k2})"
@@ -389,35 +398,41 @@ class TBPTT:
         """A new stream from h0 (None: zeros), shaped as ``layer.forward``'s h0."""
         return StreamState(0, h0, None, h0)
 
-    def step(self, state, x, dy):
+    def step(self, state, x, dy, *, training=False, rng=None):
         """Read chunk x (r <= k1 steps, the layer's layout); return ``(state, y, grads)``.
 
         ``dy`` is the gradient of the chunk's loss with respect to its output y (shaped like y),
         or a callable that takes y and returns it. grads has the keys of ``state_dict``.
+        ``training`` and ``rng`` go to the forward passes (dropout between layers).
         """
-        layer = self.layer
-        x = layer._check_x(x)            # time-major from here on
-        dy_tm = dy
-        if not callable(dy):
-            dy_tm = self._check_dy(dy, x.shape[0], x.shape[1], "dy")
-        state, y, grads = self._step(state, x, dy_tm)
-        if layer.batch_first:
+        x = self.layer.check_input(x)    # time-major from here on
+        state, y, grads = self._step(state, x, dy, training=training, rng=rng)
+        if self.batch_first:
             y = y.transpose(1, 0, 2)
         return state, y, grads
 
-    def _check_dy(self, dy, r, B, what):
-        layer = self.layer
-        dy = layer._real_array(what, dy)
-        H = layer.hidden_size
-        expected = (B, r, H) if layer.batch_first else (r, B, H)
+    def _check_dy(self, dy, y, what):
+        """dy in the chunk's layout, checked against the chunk's y (time-major); time-major."""
+        if hasattr(dy, "detach"):
+            dy = dy.detach().cpu().numpy()
+        try:
+            dy = np.asarray(dy)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"TBPTT: {what} is not an array: {e}") from None
+        if dy.dtype.kind not in "fiu":
+            raise TypeError(f"TBPTT: expected {what} of real numbers, got dtype {dy.dtype}")
+        expected = (y.shape[1], y.shape[0]) + y.shape[2:] if self.batch_first else y.shape
         if dy.shape != expected:
-            axes = "(B, r, H)" if layer.batch_first else "(r, B, H)"
+            last = "H" if hasattr(self.layer, "hidden_size") else "O"
+            axes = f"(B, r, {last})" if self.batch_first else f"(r, B, {last})"
             raise ValueError(f"TBPTT: expected {what} of shape {axes} = {expected}, like the "
                              f"chunk's y, got {dy.shape}")
-        return np.ascontiguousarray(dy.transpose(1, 0, 2)) if layer.batch_first else dy
+        dy = dy.astype(y.dtype, copy=False)
+        return np.ascontiguousarray(dy.transpose(1, 0, 2)) if self.batch_first else dy
 
-    def _step(self, state, x, dy):
-        """``step`` on time-major x; dy time-major, or a callable on y in the layer's layout."""
+    def _step(self, state, x, dy, *, time_major_dy=False, training=False, rng=None):
+        """``step`` on time-major x; dy in the layer's layout (time-major with
+        ``time_major_dy``), or a callable on y in the layer's layout."""
         if not isinstance(state, StreamState):
             raise TypeError(f"TBPTT: expected the StreamState that start() or step() returned, "
                             f"got {type(state).__name__}")
@@ -438,7 +453,9 @@ class TBPTT:
         parts, ys, h, h_next = [], [], state.h, None
         for part, (lo, hi) in enumerate(((0, split), (split, n_tail + r))):
             if hi > lo:
-                y_p, h, tape = self._forward(window[lo:hi], h)
+                y_p, h, tape = self.layer.forward(window[lo:hi], h, training=training,
+                                                  rng=rng) if not self.batch_first else \
+                    self._forward_bf(window[lo:hi], h, training, rng)
                 parts.append((lo, hi, tape))
                 ys.append(y_p)
             if part == 0:
@@ -446,8 +463,14 @@ class TBPTT:
         y_window = ys[0] if len(ys) == 1 else np.concatenate(ys)
         y = y_window[n_tail:]
         if callable(dy):
-            y_out = y.transpose(1, 0, 2) if self.layer.batch_first else y
-            dy = self._check_dy(dy(y_out), r, B, "dy returned by the callable")
+            y_out = y.transpose(1, 0, 2) if self.batch_first else y
+            dy = self._check_dy(dy(y_out), y, "dy returned by the callable")
+        elif time_major_dy:
+            dy = np.ascontiguousarray(dy, dtype=y.dtype)
+            if dy.shape != y.shape:
+                raise ValueError(f"TBPTT: expected dy of shape {y.shape}, got {dy.shape}")
+        else:
+            dy = self._check_dy(dy, y, "dy")
         dy_window = np.zeros_like(y_window)
         dy_window[n_tail:] = dy          # earlier steps' losses belong to earlier updates
         grads, dh = None, None
@@ -461,17 +484,15 @@ class TBPTT:
         tail = np.array(window[split:]) if n_next else None
         return StreamState(state.t + r, h_next, tail, h), y, grads
 
-    def _forward(self, x, h0):
-        layer = self.layer
-        if layer.batch_first:
-            y, h_n, tape = layer.forward(x.transpose(1, 0, 2), h0)
-            return y.transpose(1, 0, 2), h_n, tape
-        return layer.forward(x, h0)
+    def _forward_bf(self, x, h0, training, rng):
+        y, h_n, tape = self.layer.forward(x.transpose(1, 0, 2), h0, training=training, rng=rng)
+        return y.transpose(1, 0, 2), h_n, tape
 
     def _backward(self, dy, tape, dh_n):
-        if self.layer.batch_first:
+        if self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        return self.layer.backward(dy, tape, dh_n, clip=self.clip)
+        options = {} if self.clip is None else {"clip": self.clip}
+        return self.layer.backward(dy, tape, dh_n, **options)
 
 
 def tbptt_grads(layer, x, dy, k1, k2, h0=None, *, clip=None):
@@ -484,9 +505,13 @@ def tbptt_grads(layer, x, dy, k1, k2, h0=None, *, clip=None):
     T mod k1 steps, backpropagated through them and the k2-k1 steps before them.
     """
     tb = TBPTT(layer, k1, k2, clip=clip)
-    x = layer._check_x(x)
+    x = layer.check_input(x)
     T, B = x.shape[:2]
-    dy = layer._real_array("dy", dy)
+    if hasattr(dy, "detach"):
+        dy = dy.detach().cpu().numpy()
+    dy = np.asarray(dy)
+    if dy.dtype.kind not in "fiu":
+        raise TypeError(f"tbptt_grads: expected dy of real numbers, got dtype {dy.dtype}")
     H = layer.hidden_size
     expected = (B, T, H) if layer.batch_first else (T, B, H)
     if dy.shape != expected:
@@ -494,10 +519,11 @@ def tbptt_grads(layer, x, dy, k1, k2, h0=None, *, clip=None):
         raise ValueError(f"tbptt_grads: expected dy of shape {axes} = {expected} to match x, "
                          f"got {dy.shape}")
     if layer.batch_first:
-        dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        dy = dy.transpose(1, 0, 2)
+    dy = np.ascontiguousarray(dy, dtype=layer.dtype)
     state = tb.start(h0)
     updates = []
     for a in range(0, T, tb.k1):
-        state, _, grads = tb._step(state, x[a:a + tb.k1], dy[a:a + tb.k1])
+        state, _, grads = tb._step(state, x[a:a + tb.k1], dy[a:a + tb.k1], time_major_dy=True)
         updates.append((state.t, grads))
     return updates

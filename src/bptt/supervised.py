@@ -26,9 +26,11 @@ squared error for ``mse``; or, with ``select='loss'``, the validation loss for e
 the best epoch are put back into the model at the end. The parameters named in ``freeze`` (say,
 pretrained embeddings) keep their values: the optimizer and the clipping never see them.
 
+Training runs in the one trainer (``bptt.trainer``) with a ``bptt.objectives.SupervisedObjective``.
 With ``out_dir``: ``metrics.jsonl`` (one line per epoch), ``loss.png`` and ``checkpoint.npz``
-(``bptt.checkpoint``: the final parameters, the model's configuration and the history; no pickle),
-from which ``load_model`` rebuilds the model.
+(``bptt.checkpoint``: the parameters, the best epoch's, the optimizer's state, the data position
+and the history; no pickle), from which ``fit(..., resume=True)`` continues a killed run bit for
+bit and ``load_model`` rebuilds the model.
 
 Use::
 
@@ -48,13 +50,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint
-from .clip import ClipLog, clip_grad_norm
-from .losses import mse, softmax_cross_entropy
 from .model import Model
-from .optim import Schedule, build_optimizer
+from .objectives import SupervisedObjective, batch_loss, loss_and_grads  # noqa: F401
+from .trainer import LoopConfig, Trainer, load_run
 
 LOSSES = ("ce", "mse")
-BUCKET_POOL = 50    # batches sorted by length together when FitConfig.bucket is on
 SCHEDULES = ("constant", "cosine", "step")
 SELECT = ("metric", "loss")
 
@@ -177,7 +177,9 @@ def pad_sequences(sequences, dtype=np.float32, *, max_len=None):
 @dataclass
 class FitConfig:
     """How ``fit`` trains; ``clip`` is the global gradient norm (None: off), ``patience`` the
-    epochs without a better validation score before stopping (None: run every epoch)."""
+    epochs without a better validation score before stopping (None: run every epoch),
+    ``minutes`` a budget of training time (None: none), ``checkpoint_every`` the updates between
+    checkpoints in ``out_dir`` (None: at the end of each epoch)."""
 
     epochs: int = 30
     batch: int = 32
@@ -190,9 +192,12 @@ class FitConfig:
     patience: int | None = None
     seed: int = 0                  # batch order and dropout masks
     loss: str = "ce"               # ce (class labels) | mse (real targets)
-    bucket: bool = False           # batches of similar lengths (see _batches): less padding
+    bucket: bool = False           # batches of similar lengths: less padding
     select: str = "metric"         # the best epoch by: metric (see fit) | loss (validation)
     freeze: tuple = ()             # names of parameters the optimizer leaves as they are
+    minutes: float | None = None
+    checkpoint_every: int | None = None
+    on_nonfinite: str = "stop"     # stop | skip (the update)
     progress: bool = False
 
     def __post_init__(self):
@@ -225,6 +230,15 @@ class FitConfig:
         if isinstance(self.freeze, str) or not all(isinstance(k, str) for k in self.freeze):
             raise ValueError(f"FitConfig: expected freeze a tuple of parameter names, got "
                              f"{self.freeze!r}")
+        self.loop(has_valid=False)           # the loop's own checks (minutes, on_nonfinite)
+
+    def loop(self, has_valid):
+        return LoopConfig(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                          schedule=self.schedule, warmup=self.warmup, clip=self.clip,
+                          epochs=self.epochs, minutes=self.minutes, patience=self.patience,
+                          checkpoint_every=self.checkpoint_every, keep_best=has_valid,
+                          freeze=tuple(self.freeze), on_nonfinite=self.on_nonfinite,
+                          progress=self.progress)
 
 
 @dataclass
@@ -248,144 +262,45 @@ class FitResult:
         return [h.get("valid_metric") for h in self.history]
 
 
-# ---------------------------------------------------------------------- one batch
-def loss_and_grads(model, x, y, lengths=None, *, loss="ce", training=False, rng=None):
-    """Forward and backward on one batch: ``(mean loss, grads)``; ``(outputs, ...)`` are not
-    kept. x, y, lengths as in ``SequenceData`` (for a batch of B sequences)."""
-    out, _, tape = model.forward(x, None, lengths, training=training, rng=rng)
-    value, dout = _loss(loss, out, y)
-    _, grads = model.backward(dout, tape)
-    return value, grads
-
-
-def _loss(loss, out, y):
-    if loss == "ce":
-        return softmax_cross_entropy(out, y)
-    return mse(out, y)
-
-
 # ---------------------------------------------------------------------- training
-def fit(model, train, valid=None, cfg=None, out_dir=None):
-    """Train ``model`` on ``train`` (a SequenceData); see the module docstring. Returns
-    FitResult; with ``valid``, the model ends holding the parameters of its best epoch."""
+def fit(model, train, valid=None, cfg=None, out_dir=None, *, resume=False, meta=None):
+    """Train ``model`` on ``train`` (a SequenceData) by the one trainer (``bptt.trainer``) with
+    a ``SupervisedObjective``; see the module docstring. Returns FitResult; with ``valid``, the
+    model ends holding the parameters of its best epoch.
+
+    With ``out_dir``: ``checkpoint.npz`` after every epoch and at the end, ``metrics.jsonl`` and
+    ``loss.png``. With ``resume`` and a checkpoint in ``out_dir``, the run continues from it bit
+    for bit (a finished run just gives back its model and result). ``meta`` goes into the
+    checkpoint (the application's configuration)."""
     cfg = FitConfig() if cfg is None else cfg
     if not isinstance(cfg, FitConfig):
         raise TypeError(f"fit: expected cfg a FitConfig, got {type(cfg).__name__}")
     _check_pair(model, train, cfg.loss, "train")
     if valid is not None:
         _check_pair(model, valid, cfg.loss, "valid")
-
     unknown = sorted(set(cfg.freeze) - set(model.params))
     if unknown:
         raise ValueError(f"fit: expected freeze to name parameters of the model, got unknown "
                          f"{unknown}")
-    trained = {k: v for k, v in model.params.items() if k not in cfg.freeze}
-    optimizer = build_optimizer(cfg.optimizer, trained, lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
-    n = len(train)
-    per_epoch = math.ceil(n / cfg.batch)
-    schedule = _schedule(cfg, per_epoch * cfg.epochs)
-    order_rng = np.random.default_rng(cfg.seed)
-    dropout_rng = np.random.default_rng([cfg.seed, 1])
-    clip_log = ClipLog()
-    result = FitResult()
-    best_key, best_params, bad_epochs = None, None, 0
-
-    log = None
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        log = open(os.path.join(out_dir, "metrics.jsonl"), "w")
-    bar = _progress_bar(cfg)
-    t_start = time.perf_counter()
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            total = 0.0
-            for idx in _batches(order_rng, n, cfg.batch, train.lengths if cfg.bucket else None):
-                x, lengths = train.batch(idx)
-                value, grads = loss_and_grads(model, x, train.y[idx], lengths, loss=cfg.loss,
-                                              training=True, rng=dropout_rng)
-                grads = {k: grads[k] for k in trained}     # frozen: no step, no clipping share
-                if not math.isfinite(value):
-                    result.stop_reason = f"the loss is not finite in epoch {epoch}"
-                    break
-                total += value * len(idx)
-                if cfg.clip is not None:
-                    clip_log.add(clip_grad_norm(grads, cfg.clip))
-                optimizer.lr = schedule(optimizer.step_count)
-                optimizer.step(grads)
-            record = {"epoch": epoch, "train_loss": total / n, "lr": optimizer.lr,
-                      "epoch_s": time.perf_counter() - t0}
-            if cfg.clip is not None:
-                record["clip_rate"] = clip_log.clip_rate
-            if valid is not None and not result.stop_reason:
-                v_loss, v_metric = evaluate(model, valid, cfg.loss)
-                record.update(valid_loss=v_loss, valid_metric=v_metric)
-                # ce: accuracy up, then loss down; mse: error down
-                key = (v_metric, -v_loss) if cfg.loss == "ce" else (-v_metric,)
-                if cfg.select == "loss":
-                    key = (-v_loss,)
-                if best_key is None or key > best_key:
-                    best_key, bad_epochs = key, 0
-                    best_params = model.state_dict()
-                    result.best_epoch, result.best_metric = epoch, v_metric
-                else:
-                    bad_epochs += 1
-            result.history.append(record)
-            if log is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                                 if k in ("train_loss", "valid_metric")})
-            if result.stop_reason:
-                break
-            if cfg.patience is not None and bad_epochs >= cfg.patience:
-                result.stop_reason = (f"early stop: no better validation score for "
-                                      f"{bad_epochs} epochs")
-                break
-        else:
-            result.stop_reason = f"ran {cfg.epochs} epochs"
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    if best_params is not None:
-        for k, v in best_params.items():
-            model.params[k][...] = v
-    result.elapsed_s = time.perf_counter() - t_start
-    if out_dir is not None:
-        save_model(os.path.join(out_dir, "checkpoint.npz"), model,
-                   {"fit": dataclasses.asdict(cfg), "history": result.history,
-                    "best_epoch": result.best_epoch, "stop_reason": result.stop_reason})
-        plot_history(result, os.path.join(out_dir, "loss.png"), cfg.loss)
-    return result
+    objective = SupervisedObjective(train, valid, loss=cfg.loss, batch=cfg.batch,
+                                    bucket=cfg.bucket, seed=cfg.seed, select=cfg.select)
+    fit_meta = {"command": "fit", **(meta or {}), "fit": dataclasses.asdict(cfg)}
+    trainer = Trainer(model, objective, cfg.loop(valid is not None), out_dir, seed=cfg.seed,
+                      meta=fit_meta)
+    if resume and out_dir is not None and os.path.exists(trainer.checkpoint_path):
+        trainer.restore(*checkpoint.load(trainer.checkpoint_path))
+    t0 = time.perf_counter()
+    reason = trainer.run()
+    best = trainer.best_step
+    return FitResult(history=trainer.history,
+                     best_epoch=None if best is None else _epoch_of(trainer.history, best),
+                     best_metric=None if trainer.best is None else
+                     trainer.best.get("valid_metric"),
+                     stop_reason=reason, elapsed_s=time.perf_counter() - t0)
 
 
-def _batches(rng, n, batch, lengths=None):
-    """One epoch's batches of indices: a random order cut into batches; with ``lengths``, each
-    run of BUCKET_POOL batches of that order is sorted by length before it is cut, and the
-    batches are shuffled, so that a batch holds sequences of similar lengths (less padding)."""
-    order = rng.permutation(n)
-    if lengths is None:
-        return [order[lo:lo + batch] for lo in range(0, n, batch)]
-    out = []
-    pool = batch * BUCKET_POOL
-    for lo in range(0, n, pool):
-        chunk = order[lo:lo + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        out += [chunk[i:i + batch] for i in range(0, len(chunk), batch)]
-    return [out[i] for i in rng.permutation(len(out))]
-
-
-def _schedule(cfg, total_steps):
-    if cfg.schedule == "cosine":
-        return Schedule("cosine", cfg.lr, warmup=cfg.warmup, total_steps=max(1, total_steps))
-    if cfg.schedule == "step":
-        return Schedule("step", cfg.lr, warmup=cfg.warmup, step_size=max(1, total_steps // 3))
-    return Schedule("constant", cfg.lr, warmup=cfg.warmup)
+def _epoch_of(history, step):
+    return next(r["epoch"] for r in history if r["step"] == step)
 
 
 def _check_pair(model, data, loss, what):
@@ -444,7 +359,7 @@ def evaluate(model, data, loss="ce", batch=256):
     """``(mean loss, metric)``: the metric is accuracy for ``ce``, the mean squared error for
     ``mse`` (then equal to the loss)."""
     out = predict(model, data, batch)
-    value, _ = _loss(loss, out, data.y.astype(out.dtype) if loss == "mse" else data.y)
+    value, _ = batch_loss(loss, out, data.y.astype(out.dtype) if loss == "mse" else data.y)
     if loss == "ce":
         return value, float(np.mean(out.argmax(axis=1) == data.y))
     return value, value
@@ -458,64 +373,26 @@ def confusion_matrix(labels, predictions, n_classes):
 
 
 # ---------------------------------------------------------------------- files
-def save_model(path, model, meta=None):
-    """Write ``model``'s parameters and configuration (and ``meta``) to a checkpoint file."""
-    arrays = {f"model/{k}": v for k, v in model.params.items()}
-    checkpoint.save(path, arrays, {"format": "bptt-supervised-1", "model": model.config,
-                                   **(meta or {})})
-
-
 def load_model(path):
-    """``(model, meta)`` from a file written by ``save_model`` (or ``fit``'s out_dir)."""
-    arrays, meta = checkpoint.load(path)
-    if meta.get("format") != "bptt-supervised-1":
-        raise checkpoint.CheckpointError(f"checkpoint: {path} is not a supervised model file "
-                                         f"(format {meta.get('format')!r})")
+    """``(model, meta)`` from the checkpoint ``fit`` wrote into its out_dir (a run directory or
+    its ``checkpoint.npz``): the best epoch's parameters where validation chose one."""
+    path = os.fspath(path)
+    run_dir = os.path.dirname(path) if path.endswith(".npz") else path
+    if path.endswith(".npz") and os.path.basename(path) != "checkpoint.npz":
+        arrays, meta = checkpoint.load(path)          # a file of another name: same format
+        from .trainer import check_run, _prefixed
+        try:
+            check_run(meta, "fit", path)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{e}; not a supervised model file") from None
+        params = _prefixed(arrays, "best/") or _prefixed(arrays, "model/")
+    else:
+        try:
+            params, meta = load_run(run_dir, "fit")
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{e}; not a supervised model file") from None
+    best = meta.get("best_step")
+    meta["best_epoch"] = None if best is None else _epoch_of(meta["history"], best)
     model = Model(**meta["model"])
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+    model.load_state_dict(params)
     return model, meta
-
-
-def plot_history(result, path, loss="ce"):
-    """Training and validation loss per epoch (and the validation metric), as a PNG."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    h = result.history
-    if not h:
-        return None
-    epochs = [r["epoch"] for r in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [r["train_loss"] for r in h], label="training loss")
-    if "valid_loss" in h[0]:
-        ax.plot(epochs, [r.get("valid_loss", math.nan) for r in h], label="validation loss")
-        if loss == "ce":
-            ax2 = ax.twinx()
-            ax2.plot(epochs, [r.get("valid_metric", math.nan) for r in h], "g:",
-                     label="validation accuracy")
-            ax2.set_ylabel("validation accuracy")
-            ax2.legend(loc="center right")
-        if result.best_epoch is not None:
-            ax.axvline(result.best_epoch, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy" if loss == "ce" else "mean squared error")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _progress_bar(cfg):
-    if not cfg.progress:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=cfg.epochs, unit="epoch", dynamic_ncols=True)

@@ -70,7 +70,8 @@ from ..data import sentiment as sd
 from ..data.text import CharStream
 from ..model import CELLS, POOLED, Model
 from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
-from ..train import StreamTrainer, TrainConfig, evaluate_bpc
+from ..objectives import StreamObjective, evaluate_bpc
+from ..trainer import LoopConfig, Trainer
 
 HEADS = ("last", *POOLED)
 BASELINE_C = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -354,7 +355,7 @@ def token_stream(token_lists, vocab):
 
 def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", seed=0):
     """A one-layer word-level language model ``Model(V, hidden, V, head='step')`` trained on the
-    id stream ``ids`` (N,) for ``epochs`` passes by ``bptt.train.StreamTrainer``'s updates
+    id stream ``ids`` (N,) for ``epochs`` passes by the trainer with a ``StreamObjective``
     (TBPTT with k1 = k2 = ``LM['k1']``, in ``LM['batch']`` parallel streams; the state is carried
     from batch to batch and reset at each pass; Adam, norm clipping), its embeddings starting
     from ``embeddings`` (V, E): ``(model, losses)``, losses the mean training loss (nats per
@@ -362,16 +363,12 @@ def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", see
     model = Model(vocab_size, hidden, vocab_size, cell=cell, input="embedding",
                   embed_size=embeddings.shape[1], head="step", seed=seed)
     model.params["embedding.weight"][...] = embeddings
-    cfg = TrainConfig(cell=cell, hidden=hidden, layers=1, embed=embeddings.shape[1],
-                      k1=LM["k1"], batch=LM["batch"], lr=LM["lr"], clip=LM["clip"],
-                      steps=None, epochs=epochs, progress=False)
     stream = CharStream(ids, LM["batch"], LM["k1"])
-    trainer = StreamTrainer(model, stream, None, cfg, out_dir=None)
-    losses = []
-    for _ in range(epochs):
-        losses.append(sum(trainer.train_step() for _ in range(stream.batches_per_epoch))
-                      / stream.batches_per_epoch)
-    return model, losses
+    loop = LoopConfig(optimizer="adam", lr=LM["lr"], clip=LM["clip"], epochs=epochs)
+    trainer = Trainer(model, StreamObjective(model, stream), loop, None,
+                      rng=np.random.default_rng(1))
+    trainer.run()
+    return model, [r["train_loss"] for r in trainer.history]
 
 
 def pretrain_language_models(cfg, seed, vocab, texts, embeddings, valid_texts=None, log=print):
