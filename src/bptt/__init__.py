@@ -2,8 +2,9 @@
 
 from . import diagnostics
 from .layers import GRU, LSTM, RNN, Tape
+from .seq2seq import Seq2Seq
 from .strategies import TBPTT, Plan, StreamState, plan_checkpoints, tbptt_grads
 
 __all__ = ["RNN", "LSTM", "GRU", "Tape", "TBPTT", "StreamState", "tbptt_grads", "Plan",
-           "plan_checkpoints", "diagnostics"]
+           "plan_checkpoints", "diagnostics", "Seq2Seq"]
 __version__ = "0.1.0"
