@@ -71,10 +71,18 @@ def load(path):
     try:
         with open(path, "rb") as f:
             data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint: cannot read {path}: {e.strerror or e}") from None
+    if not data.startswith(b"PK"):
+        # not a zip archive: never pass it to a reader that would offer to unpickle it
+        raise CheckpointError(f"checkpoint: {path} is corrupt: not a bptt checkpoint (an .npz "
+                              f"archive); it was not read")
+    try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}   # reading each member checks its CRC
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise CheckpointError(f"checkpoint: {path} is truncated or corrupt ({e})") from None
+        reason = "it holds an object array" if "pickle" in str(e) else str(e)
+        raise CheckpointError(f"checkpoint: {path} is truncated or corrupt ({reason})") from None
     if META not in arrays:
         raise CheckpointError(f"checkpoint: {path} has no {META} entry; not a bptt checkpoint")
     try:

@@ -16,11 +16,13 @@ class ConfigError(ValueError):
     """A bad option, file or combination: printed as one line by the CLI."""
 
 
-def option(default, help, *, choices=None, metavar=None, cli=True):
+def option(default, help, *, choices=None, metavar=None, cli=True, shown=None):
     """A configuration field with its help; ``choices`` are shown and enforced; ``cli=False``
-    keeps a field off the command line (set by code, stored in checkpoints)."""
+    keeps a field off the command line (set by code, stored in checkpoints); ``shown`` is what
+    the help says for the default where the value itself would mislead (None meaning k1)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
-                                                        "metavar": metavar, "cli": cli})
+                                                        "metavar": metavar, "cli": cli,
+                                                        "shown": shown})
 
 
 def base_type(field):
@@ -44,8 +46,8 @@ def add_options(parser, cls):
     for f in cli_fields(cls):
         kind, meta = base_type(f), f.metadata
         default = f.default
-        shown = "none" if default is None else (
-            "on" if default is True else "off" if default is False else default)
+        shown = meta.get("shown") or ("none" if default is None else (
+            "on" if default is True else "off" if default is False else default))
         text = f"{meta['help']} (default {shown})"
         name = "--" + f.name.replace("_", "-")
         if kind is bool:

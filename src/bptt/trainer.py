@@ -397,6 +397,7 @@ class Trainer:
             "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
             "skipped": self.skipped, "history": self.history, "data": data_meta,
             "finished": self.finished, "stop_reason": self.stop_reason,
+            "window": self._window.state_dict(),
         }
         try:
             checkpoint.save(self.checkpoint_path, arrays, meta)
@@ -422,6 +423,7 @@ class Trainer:
         self.bad_evals, self.skipped = meta["bad_evals"], meta["skipped"]
         self.history = list(meta["history"])
         self.finished, self.stop_reason = meta["finished"], meta["stop_reason"]
+        self._window.load_state_dict(meta["window"])
         if self.finished:           # a larger budget continues a finished run
             self.finished = self._budget_spent() is not None
             self.stop_reason = self.stop_reason if self.finished else None
@@ -502,6 +504,13 @@ class _Window:
             self.loss += loss * weight
             self.weight += weight
             self.norm += norm
+
+    def state_dict(self):       # the sums, not the clock: a resumed window times itself
+        return {"n": self.n, "loss": self.loss, "weight": self.weight, "norm": self.norm}
+
+    def load_state_dict(self, state):
+        self.n, self.loss, self.weight, self.norm = (state[k] for k in ("n", "loss", "weight",
+                                                                       "norm"))
 
     def mean_loss(self):
         return self.loss / self.weight if self.weight else math.nan

@@ -47,7 +47,7 @@ class CharLMConfig:
     embed: int = option(64, "character embedding size")
     dropout: float = option(0.0, "dropout between stacked layers, in [0, 1)")
     k1: int = option(64, "TBPTT k1: new steps per update (the batch's length)")
-    k2: int | None = option(None, "TBPTT k2 >= k1: steps backpropagated through (none: k1)")
+    k2: int | None = option(None, "TBPTT k2 >= k1: steps backpropagated through", shown="k1")
     batch: int = option(32, "parallel streams B")
     optimizer: str = option("adam", "optimizer",
                             choices=("sgd", "adam", "adamw", "rmsprop", "adagrad"))
