@@ -13,8 +13,8 @@ import torch
 from conftest import rel_err, seed_of, torch_module
 
 import bptt
-from bptt import strategies
-from bptt.strategies import _best_split, checkpoint_cost
+from bptt import checkpointing as strategies
+from bptt.checkpointing import _best_split, checkpoint_cost
 
 FAMILIES = {
     "rnn": (bptt.RNN, {}),

@@ -1,8 +1,6 @@
 """The char-LM on the one trainer: TBPTT(k1, k2) windows, exact resume, atomic checkpoints, the
 CLI."""
 
-import dataclasses
-import os
 import signal
 import subprocess
 import sys

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import init as init_
-from . import strategies
+from . import checkpointing
 from .cells import gru, lstm, rnn
 
 
@@ -32,8 +32,8 @@ class Tape:
     mask: object = None            # (T, B, 1) validity mask, or None when every length is T
     reverse_index: object = None   # (T, B) time index that reverses each sequence within its length
     extra: dict = field(default_factory=dict)
-    plan: object = None            # strategies.Plan when forward ran with memory=, else None
-    state_count: object = None     # strategies.StateCount: step states alive, peak, steps run
+    plan: object = None            # checkpointing.Plan when forward ran with memory=, else None
+    state_count: object = None     # checkpointing.StateCount: step states alive, peak, steps run
 
 
 class RecurrentLayer:
@@ -251,7 +251,7 @@ class RecurrentLayer:
 
         ``memory`` (None: keep every step) bounds the step states the tape keeps per layer and
         direction; ``backward`` recomputes the rest from them, on the optimal plan for that
-        budget (``bptt.strategies``), whose cost is ``tape.plan``. The inputs of each layer are
+        budget (``bptt.checkpointing``), whose cost is ``tape.plan``. The inputs of each layer are
         kept as they are without it. Such a tape can be backpropagated once.
         """
         x = self._check_x(x, copy=tape is not False)  # with no tape, nothing keeps x
@@ -269,9 +269,9 @@ class RecurrentLayer:
         infer = getattr(self.cell, "forward_infer", None) if not tape else None
         plan = count = None
         if memory is not None:
-            memory = strategies.check_memory(memory, type(self).__name__)
-            plan = strategies.plan_checkpoints(T, memory)
-            count = strategies.StateCount()
+            memory = checkpointing.check_memory(memory, type(self).__name__)
+            plan = checkpointing.plan_checkpoints(T, memory)
+            count = checkpointing.StateCount()
         rng = self.rng if rng is None else rng
         options = self._cell_options()
         tapes, drop_masks, states_n = [], [], []
@@ -294,7 +294,7 @@ class RecurrentLayer:
                     y_d, s_n, tape = self.cell.forward(
                         x_d, states0[k], self._cell_weights(layer, d), mask, **options)
                 else:  # each (layer, direction) checkpointed on its own, within `memory`
-                    y_d, s_n, tape = strategies.checkpointed_forward(
+                    y_d, s_n, tape = checkpointing.checkpointed_forward(
                         self.cell, x_d, states0[k], self._cell_weights(layer, d), mask, plan,
                         count, **options)
                 outs.append(y_d if d == 0 else _reverse_time(y_d, rev))
@@ -340,7 +340,7 @@ class RecurrentLayer:
                 raise ValueError(f"{name}: expected clip a positive finite number or None, "
                                  f"got {clip!r}")
             clip = float(clip)
-        if tape.plan is not None and strategies.is_spent(tape.cells):
+        if tape.plan is not None and checkpointing.is_spent(tape.cells):
             raise ValueError(f"{name}: this tape was already backpropagated: with memory= it "
                              f"keeps only checkpoints, which backward uses up; run forward again")
         T, B, H = tape.T, tape.B, self.hidden_size
@@ -355,7 +355,7 @@ class RecurrentLayer:
         dstates_n = self._check_state(dh_n, "dh_n", B)
         rev = tape.reverse_index
         cell_backward = (self.cell.backward if tape.plan is None
-                         else strategies.checkpointed_backward)
+                         else checkpointing.checkpointed_backward)
         grads = {}
         dstates0 = [None] * len(tape.cells)
         d_out = dy

@@ -41,8 +41,6 @@ Use::
 """
 
 import dataclasses
-import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
