@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import rel_err, seed_of
 
 from bptt import Seq2Seq
 from bptt.layers import BACKENDS
 from bptt.seq2seq import pad, sequence_loss
-from conftest import rel_err, seed_of
 
 TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
@@ -423,6 +423,13 @@ BAD_CALLS = [
      ValueError, r"non-empty sequences, got an empty one at \[1\]"),
     ("target id out of vocabulary in targets", lambda m: m.targets([[7]]),
      ValueError, r"targets ids in 0..5 \(vocabulary of 6\), got \[7\]"),
+    ("step with a token out of vocabulary",
+     lambda m: m.step(np.array([0, 6]), *m.encode(np.ones((2, 2), int))),
+     ValueError, r"tokens in 0..5, got \[6\]"),
+    ("step with one token for two rows",
+     lambda m: m.step(np.array([0]), *m.encode(np.ones((2, 2), int))),
+     ValueError, (r"tokens as integer ids of shape \(2,\), one per row of the state, got "
+                  r"int64 \(1,\)")),
     ("load a list", lambda m: m.load_state_dict([1]),
      TypeError, r"a mapping of parameter names to arrays, got list"),
 ]
@@ -458,8 +465,8 @@ def test_bad_loss_calls(change, error, message):
 BAD_CONFIGS = [
     (dict(hidden_size=6, encoder_hidden_size=4, attention="dot"), ValueError,
      r"dot score needs the decoder's hidden size equal to the encoder's output size.*H=6 and D=8"),
-    (dict(attention="bilinear"), ValueError, r"attention one of dot, general, concat, got "
-                                             r"'bilinear'"),
+    (dict(attention="bilinear"), ValueError,
+     r"attention one of dot, general, concat, got 'bilinear'"),
     (dict(cell="rnn"), ValueError, r"cell one of lstm, gru, got 'rnn'"),
     (dict(encoder_layers=2), ValueError, r"encoder_layers == decoder_layers, got 2 and 1"),
     (dict(encoder_layers=5, decoder_layers=5), ValueError, r"encoder_layers an integer in 1..4"),

@@ -67,9 +67,9 @@ class Attention:
         if self.score == "dot":
             keys = hs
         elif self.score == "general":
-            keys = hs @ self.params["W_a"].T                           # (B, S, H)
+            keys = rows_matmul(hs, self.params["W_a"].T)                # (B, S, H)
         else:
-            keys = hs @ self.params["W_a"][:, self.H:].T               # (B, S, A): W_a's h_s half
+            keys = rows_matmul(hs, self.params["W_a"][:, self.H:].T)    # (B, S, A): W_a's h_s half
         neg = None
         if valid is not None and not valid.all():
             neg = np.where(valid, 0, -np.inf).astype(self.dtype)[:, None, :]   # (B, 1, S)
@@ -90,10 +90,10 @@ class Attention:
         hs2 = hs.reshape(-1, D)
         if self.score == "general":
             grads["W_a"] += dk2.T @ hs2                              # through keys = hs W_a^T
-            return dhs + dkeys @ self.params["W_a"]
+            return dhs + rows_matmul(dkeys, self.params["W_a"])
         W_k = self.params["W_a"][:, self.H:]
         grads["W_a"][:, self.H:] += dk2.T @ hs2                      # through keys = hs W_k^T
-        return dhs + dkeys @ W_k
+        return dhs + rows_matmul(dkeys, W_k)
 
     def zero_grads(self):
         return {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -109,7 +109,7 @@ class Attention:
         pre = None
         if self.score == "concat":
             H = self.H
-            pq = q @ self.params["W_a"][:, :H].T                         # (B, T, A)
+            pq = rows_matmul(q, self.params["W_a"][:, :H].T)             # (B, T, A)
             pre = np.tanh(pq[:, :, None, :] + keys[:, None, :, :])      # (B, T, S, A)
             scores = pre @ self.params["v_a"]                           # (B, T, S)
         else:
@@ -121,7 +121,7 @@ class Attention:
         alpha /= alpha.sum(axis=2, keepdims=True)                       # softmax over s
         ctx = alpha @ hs                                                # (B, T, D)
         cat = np.concatenate([ctx, q], axis=2)                          # (B, T, D + H)
-        hbar = np.tanh(cat @ self.params["W_c"].T)                      # (B, T, H)
+        hbar = np.tanh(rows_matmul(cat, self.params["W_c"].T))         # (B, T, H)
         tape = dict(q=q, alpha=alpha, cat=cat, hbar=hbar, pre=pre) if keep else None
         return hbar, alpha, tape
 
@@ -133,7 +133,7 @@ class Attention:
         W_c = self.params["W_c"]
         dz = dhbar * (1 - hbar * hbar)                         # through hbar = tanh(z)
         grads["W_c"] += dz.reshape(-1, H).T @ cat.reshape(-1, D + H)   # z = [c; h] W_c^T
-        dcat = dz @ W_c
+        dcat = rows_matmul(dz, W_c)
         dctx, dq = dcat[:, :, :D], dcat[:, :, D:]
         hs = memory["hs"]
         dalpha = dctx @ hs.transpose(0, 2, 1)                  # through c = alpha hs
@@ -151,10 +151,16 @@ class Attention:
             dmemory["keys"] += dpre.sum(axis=1)                # (B, S, A)
             W_q = self.params["W_a"][:, :H]
             grads["W_a"][:, :H] += dpq.reshape(-1, self.A).T @ q.reshape(-1, H)  # pq = q W_q^T
-            return dq + dpq @ W_q
+            return dq + rows_matmul(dpq, W_q)
         keys = memory["keys"]
         dmemory["keys"] += dscores.transpose(0, 2, 1) @ q      # through scores = q keys^T
         return dq + dscores @ keys
+
+
+def rows_matmul(x, w):
+    """x (..., K) @ w (K, N) as one GEMM over all the rows: NumPy's matmul of a stack by a matrix
+    runs one GEMM per matrix of the stack, 1.7x slower at (64, 13, 512) @ (512, 256)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[1],))
 
 
 def _uniform(rng, shape, fan_in, dtype):
