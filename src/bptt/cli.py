@@ -65,10 +65,13 @@ def task_cmd(args):
     if args.resume:
         if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise CLIError(f"--out: a resumed run stays in its own directory {args.resume}")
-        _, meta = checkpoint.load(os.path.join(args.resume, "checkpoint.npz"))
-        from .trainer import check_run
-        check_run(meta, tasks.COMMAND, os.path.join(args.resume, "checkpoint.npz"))
-        saved = meta["app"]["config"]
+        where = os.path.join(args.resume, "checkpoint.npz")
+        _, meta = checkpoint.load(where)
+        from .trainer import check_run, readable
+        check_run(meta, tasks.COMMAND, where)
+        with readable(where):
+            saved = dict(meta["app"]["config"])
+            saved["task"]
         if saved["task"] != args.name:
             raise CLIError(f"--resume: {args.resume} is a run of the {saved['task']} task, "
                            f"not {args.name}")

@@ -34,6 +34,7 @@ line per log or evaluation point, and on resume it is cut back to the checkpoint
 resumed run's files read as if it had never stopped.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -326,8 +327,7 @@ class Trainer:
         record = _json_safe(record)
         self.history.append(record)
         if self.out_dir is not None:
-            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            _append(os.path.join(self.out_dir, "metrics.jsonl"), record)
         if self.on_record is not None:
             self.on_record(record)
 
@@ -335,8 +335,7 @@ class Trainer:
         if not logs or self.out_dir is None:
             return
         for name, rec in logs.items():
-            with open(os.path.join(self.out_dir, f"{name}.jsonl"), "a") as f:
-                f.write(json.dumps({"step": self.step - 1, **rec}) + "\n")
+            _append(os.path.join(self.out_dir, f"{name}.jsonl"), {"step": self.step - 1, **rec})
 
     def _cut_logs(self):
         """Keep the lines of every ``*.jsonl`` up to this trainer's step: a resumed run's logs
@@ -407,8 +406,12 @@ class Trainer:
 
     def restore(self, arrays, meta):
         """Continue the run saved in ``arrays, meta`` (``checkpoint.load``'s result)."""
-        check_run(meta, self.meta.get("command"), self.checkpoint_path if self.out_dir
-                  else "the checkpoint")
+        where = self.checkpoint_path if self.out_dir else "the checkpoint"
+        check_run(meta, self.meta.get("command"), where)
+        with readable(where):
+            self._restore(arrays, meta)
+
+    def _restore(self, arrays, meta):
         self.model.load_state_dict(_prefixed(arrays, "model/"))
         best = _prefixed(arrays, "best/")
         self.best_params = best or None
@@ -433,6 +436,20 @@ class Trainer:
         """The training loss and the evaluations against the step, as ``loss.png``."""
         return plot_history(self.history, path or os.path.join(self.out_dir, "loss.png"),
                             getattr(self.objective, "plot_spec", {}))
+
+
+@contextlib.contextmanager
+def readable(where):
+    """Turn what a hand-edited or incomplete checkpoint makes the reader trip on (a missing key,
+    a value of the wrong type or shape) into one clear CheckpointError naming the file."""
+    try:
+        yield
+    except checkpoint.CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        raise checkpoint.CheckpointError(f"{where}: the checkpoint's metadata is incomplete or "
+                                         f"was edited ({what}); nothing was changed") from None
 
 
 def check_run(meta, command, where):
@@ -518,6 +535,17 @@ class _Window:
     def mean_norm(self):
         good = self.n if self.weight else 0
         return self.norm / good if good else math.nan
+
+
+def _append(path, record):
+    """One JSON line at the end of ``path``; a failed write names the file (a line cut short by
+    a full disk is dropped on resume, which cuts the logs back to the checkpoint)."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); the last "
+                      f"checkpoint is intact: continue with --resume") from None
 
 
 def _global_norm(grads):

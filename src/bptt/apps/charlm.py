@@ -27,7 +27,7 @@ from ..config import (ConfigError, absolute, check_choice, option, positive_int,
 from ..layers import BACKENDS, check_backend
 from ..model import CELLS, Model
 from ..objectives import StreamObjective, evaluate_bpc
-from ..trainer import LoopConfig, NONFINITE, Trainer, load_run
+from ..trainer import NONFINITE, LoopConfig, Trainer, check_run, load_run, readable
 
 COMMAND = "train charlm"
 DEFAULT_OUT = "runs/charlm"
@@ -182,10 +182,13 @@ def run(options, *, data=None, out=None, resume=None, progress=False, log=print)
         if out is not None and absolute(out) != absolute(resume):
             raise ConfigError(f"--out: a resumed run stays in its own directory {resume}; "
                               f"drop --out (or give the same path)")
-        arrays, meta = load(os.path.join(resume, "checkpoint.npz"))
-        from ..trainer import check_run
-        check_run(meta, COMMAND, os.path.join(resume, "checkpoint.npz"))
-        cfg = resume_config(meta["app"]["config"], options)
+        where = os.path.join(resume, "checkpoint.npz")
+        arrays, meta = load(where)
+        check_run(meta, COMMAND, where)
+        with readable(where):
+            saved = dict(meta["app"]["config"])
+            meta["app"]["data"]["sha256"]
+        cfg = resume_config(saved, options)
         data_path, text = corpus_of_run(meta, data)
         out = resume
     else:
@@ -215,10 +218,12 @@ def load(run_dir):
     from ..data.text import Vocabulary
 
     params, meta = load_run(run_dir, COMMAND)
-    cfg = CharLMConfig(**meta["app"]["config"])
-    vocab = Vocabulary.from_json(meta["app"]["vocab"])
-    model = build_model(cfg, vocab.size)
-    model.load_state_dict(params)
+    with readable(os.path.join(run_dir, "checkpoint.npz")):
+        cfg = CharLMConfig(**meta["app"]["config"])
+        vocab = Vocabulary.from_json(meta["app"]["vocab"])
+        model = build_model(cfg, vocab.size)
+        model.load_state_dict(params)
+        meta["app"]["data"], meta["app"]["sample_context"]
     return model, vocab, cfg, meta
 
 

@@ -32,7 +32,7 @@ from ..data.tasks import TASKS, Task
 from ..layers import BACKENDS, check_backend
 from ..model import Model
 from ..objectives import TaskObjective
-from ..trainer import CLOCKS, NONFINITE, LoopConfig, Trainer, load_run
+from ..trainer import CLOCKS, NONFINITE, LoopConfig, Trainer, load_run, readable
 
 COMMAND = "task"
 CELLS = {  # name -> Model's cell and options
@@ -167,9 +167,10 @@ class TaskRun:
 def load_task_run(run_dir):
     """``(model, cfg, meta)`` from a run directory of ``bptt task``."""
     params, meta = load_run(run_dir, COMMAND)
-    cfg = TaskConfig(**meta["app"]["config"])
-    model = build_task_model(cfg)
-    model.load_state_dict(params)
+    with readable(os.path.join(run_dir, "checkpoint.npz")):
+        cfg = TaskConfig(**meta["app"]["config"])
+        model = build_task_model(cfg)
+        model.load_state_dict(params)
     return model, cfg, meta
 
 

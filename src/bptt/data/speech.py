@@ -36,6 +36,7 @@ import os
 import shutil
 import subprocess
 import wave
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -213,8 +214,10 @@ def synthesize_digits(recipe=None, cache=None, *, workers=2, progress=False):
     """Make (or find in the cache) every WAV file of ``recipe``; return ``(folder, manifest)``.
 
     The manifest (``manifest.json``, written last) holds the recipe, the engines' versions and
-    one entry per utterance with its file's SHA-256. A folder whose manifest is there and whose
-    files all exist is reused as it is.
+    one entry per utterance with its file's SHA-256. A cached folder is verified before use:
+    a file missing, partial or changed (its SHA-256 differs from the manifest's) is made again,
+    and a manifest that does not parse or is of another recipe is rebuilt; nothing unverified
+    is used.
     """
     recipe = DigitRecipe() if recipe is None else recipe
     if not isinstance(recipe, DigitRecipe):
@@ -223,9 +226,14 @@ def synthesize_digits(recipe=None, cache=None, *, workers=2, progress=False):
     folder = Path(cache if cache is not None else default_cache()) / recipe.key()
     manifest_path = folder / "manifest.json"
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if all((folder / u["file"]).exists() for u in manifest["utterances"]):
-            return folder, manifest
+        manifest = _read_manifest(manifest_path, recipe)
+        if manifest is not None:
+            bad = [u for u in manifest["utterances"] if not _intact(folder / u["file"],
+                                                                   u.get("sha256"))]
+            if not bad:
+                return folder, manifest
+            for u in bad:                     # made again below, from the recipe
+                (folder / u["file"]).unlink(missing_ok=True)
     versions = _engine_versions(recipe)
     folder.mkdir(parents=True, exist_ok=True)
     utterances = recipe.utterances()
@@ -254,6 +262,24 @@ def synthesize_digits(recipe=None, cache=None, *, workers=2, progress=False):
     manifest = json.loads(json.dumps(manifest))     # as a later call will read it back
     write_text(manifest_path, json.dumps(manifest, indent=1))
     return folder, manifest
+
+
+def _read_manifest(path, recipe):
+    """The cached manifest, or None where it does not parse or names another recipe."""
+    try:
+        manifest = json.loads(path.read_text())
+        ok = (manifest.get("format") == "bptt-digits-1" and manifest.get("recipe") ==
+              json.loads(json.dumps(asdict(recipe))) and isinstance(manifest["utterances"], list))
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    return manifest if ok else None
+
+
+def _intact(path, sha256):
+    try:
+        return sha256 is not None and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------- digits: features
@@ -331,9 +357,9 @@ def digit_features(folder, manifest, *, only=None, progress=False, **options):
     key = hashlib.sha256(json.dumps([settings, [utts[i]["sha256"] for i in ids]],
                                     sort_keys=True).encode()).hexdigest()[:12]
     path = Path(folder) / f"features-{key}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            flat, offsets = z["flat"], z["offsets"]
+    cached = _read_features(path)
+    if cached is not None:
+        flat, offsets = cached
         return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     bar = _bar(progress, len(ids), "MFCC")
     feats = []
@@ -345,8 +371,28 @@ def digit_features(folder, manifest, *, only=None, progress=False, **options):
         bar.close()
     offsets = np.cumsum([0] + [len(f) for f in feats])
     flat = np.concatenate(feats)
-    write_atomic(path, lambda f: np.savez(f, flat=flat, offsets=offsets), ".npz")
+    digest = np.frombuffer(_digest(flat, offsets).encode(), np.uint8)
+    write_atomic(path, lambda f: np.savez(f, flat=flat, offsets=offsets, sha256=digest), ".npz")
     return feats
+
+
+def _digest(flat, offsets):
+    h = hashlib.sha256(np.ascontiguousarray(flat).tobytes())
+    h.update(np.ascontiguousarray(offsets, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _read_features(path):
+    """``(flat, offsets)`` of a features cache whose SHA-256 checks out, else None (then it is
+    computed again and the file replaced)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            flat, offsets, digest = z["flat"], z["offsets"], z["sha256"].tobytes().decode()
+    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError, zipfile.BadZipFile):
+        return None
+    return (flat, offsets) if _digest(flat, offsets) == digest else None
 
 
 def _bar(progress, total, desc):
