@@ -147,3 +147,6 @@ def _weights(name, mask, shape, dtype):
 def _check_reduction(name, reduction):
     if reduction not in REDUCTIONS:
         raise ValueError(f"{name}: expected reduction 'mean' or 'sum', got {reduction!r}")
+
+
+from .ctc import ctc_loss, ctc_loss_logits  # noqa: F401  (re-exported; CTC has its own module)
