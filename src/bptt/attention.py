@@ -27,6 +27,8 @@ by ``memory_backward``.
 
 import numpy as np
 
+from .cells.gates import matmuls as numpy_matmuls
+
 SCORES = ("dot", "general", "concat")
 
 
@@ -34,10 +36,13 @@ class Attention:
     """The attention's parameters (live arrays in ``params``) and its passes.
 
     ``query_size`` H (the decoder's), ``memory_size`` D (the encoder's output, both directions),
-    ``attention_size`` A (``concat`` only; default H)."""
+    ``attention_size`` A (``concat`` only; default H). ``matmuls`` runs a list of products
+    (``[a @ b for a, b in pairs]``); a compiled backend's runs them on its own threads (see
+    ``bptt.native.matmuls``), so that they do not wake a second thread pool, NumPy's BLAS, to
+    compete with its own."""
 
     def __init__(self, score, query_size, memory_size, attention_size=None, *,
-                 dtype=np.float32, rng=None):
+                 dtype=np.float32, rng=None, matmuls=numpy_matmuls):
         if score not in SCORES:
             raise ValueError(f"Attention: expected score one of {', '.join(SCORES)}, got "
                              f"{score!r}")
@@ -49,6 +54,7 @@ class Attention:
         A = H if attention_size is None else int(attention_size)
         self.score, self.H, self.D, self.A = score, H, D, A
         self.dtype = np.dtype(dtype)
+        self.matmuls = matmuls
         rng = np.random.default_rng() if rng is None else rng
         self.params = {}
         if score == "general":
@@ -66,18 +72,18 @@ class Attention:
         hs = np.ascontiguousarray(hs, self.dtype)
         if self.score == "dot":
             keys = hs
-        elif self.score == "general":
-            keys = rows_matmul(hs, self.params["W_a"].T)                # (B, S, H)
-        else:
-            keys = rows_matmul(hs, self.params["W_a"][:, self.H:].T)    # (B, S, A): W_a's h_s half
+        else:  # general: (B, S, H); concat: (B, S, A), by W_a's h_s half
+            W_k = self.params["W_a"] if self.score == "general" else self.params["W_a"][:, self.H:]
+            (keys,) = self.matmuls([(rows(hs), W_k.T)])
+            keys = keys.reshape(hs.shape[:2] + (-1,))
         neg = None
         if valid is not None and not valid.all():
             neg = np.where(valid, 0, -np.inf).astype(self.dtype)[:, None, :]   # (B, 1, S)
         return {"hs": hs, "keys": keys, "neg": neg}
 
-    def take(self, memory, rows):
-        """The memory of the sources at ``rows`` (for a beam: each source repeated)."""
-        return {k: None if v is None else v[rows] for k, v in memory.items()}
+    def take(self, memory, index):
+        """The memory of the sources at ``index`` (for a beam: each source repeated)."""
+        return {k: None if v is None else v[index] for k, v in memory.items()}
 
     def memory_backward(self, dmemory, memory, grads):
         """Take dL/dkeys back through the keys' product with W_a (adding to ``grads``); return
@@ -85,15 +91,12 @@ class Attention:
         dhs, dkeys, hs = dmemory["hs"], dmemory["keys"], memory["hs"]
         if self.score == "dot":
             return dhs + dkeys
-        D = self.D
-        dk2 = dkeys.reshape(-1, dkeys.shape[-1])
-        hs2 = hs.reshape(-1, D)
-        if self.score == "general":
-            grads["W_a"] += dk2.T @ hs2                              # through keys = hs W_a^T
-            return dhs + rows_matmul(dkeys, self.params["W_a"])
-        W_k = self.params["W_a"][:, self.H:]
-        grads["W_a"][:, self.H:] += dk2.T @ hs2                      # through keys = hs W_k^T
-        return dhs + rows_matmul(dkeys, W_k)
+        # through keys = hs W_k^T, W_k = W_a (general) or W_a's h_s half (concat)
+        cols = slice(None) if self.score == "general" else slice(self.H, None)
+        W_k = self.params["W_a"][:, cols]
+        dW_k, dhs_k = self.matmuls([(rows(dkeys).T, rows(hs)), (rows(dkeys), W_k)])
+        grads["W_a"][:, cols] += dW_k
+        return dhs + dhs_k.reshape(dhs.shape)
 
     def zero_grads(self):
         return {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -109,7 +112,8 @@ class Attention:
         pre = None
         if self.score == "concat":
             H = self.H
-            pq = rows_matmul(q, self.params["W_a"][:, :H].T)             # (B, T, A)
+            (pq,) = self.matmuls([(rows(q), self.params["W_a"][:, :H].T)])
+            pq = pq.reshape(q.shape[:2] + (-1,))                        # (B, T, A)
             pre = np.tanh(pq[:, :, None, :] + keys[:, None, :, :])      # (B, T, S, A)
             scores = pre @ self.params["v_a"]                           # (B, T, S)
         else:
@@ -121,7 +125,8 @@ class Attention:
         alpha /= alpha.sum(axis=2, keepdims=True)                       # softmax over s
         ctx = alpha @ hs                                                # (B, T, D)
         cat = np.concatenate([ctx, q], axis=2)                          # (B, T, D + H)
-        hbar = np.tanh(rows_matmul(cat, self.params["W_c"].T))         # (B, T, H)
+        (z,) = self.matmuls([(rows(cat), self.params["W_c"].T)])
+        hbar = np.tanh(z, out=z).reshape(q.shape)                       # (B, T, H)
         tape = dict(q=q, alpha=alpha, cat=cat, hbar=hbar, pre=pre) if keep else None
         return hbar, alpha, tape
 
@@ -132,8 +137,9 @@ class Attention:
         D, H = self.D, self.H
         W_c = self.params["W_c"]
         dz = dhbar * (1 - hbar * hbar)                         # through hbar = tanh(z)
-        grads["W_c"] += dz.reshape(-1, H).T @ cat.reshape(-1, D + H)   # z = [c; h] W_c^T
-        dcat = rows_matmul(dz, W_c)
+        dW_c, dcat = self.matmuls([(rows(dz).T, rows(cat)), (rows(dz), W_c)])   # z = [c; h] W_c^T
+        grads["W_c"] += dW_c
+        dcat = dcat.reshape(cat.shape)
         dctx, dq = dcat[:, :, :D], dcat[:, :, D:]
         hs = memory["hs"]
         dalpha = dctx @ hs.transpose(0, 2, 1)                  # through c = alpha hs
@@ -150,17 +156,19 @@ class Attention:
             dpq = dpre.sum(axis=2)                             # (B, T, A)
             dmemory["keys"] += dpre.sum(axis=1)                # (B, S, A)
             W_q = self.params["W_a"][:, :H]
-            grads["W_a"][:, :H] += dpq.reshape(-1, self.A).T @ q.reshape(-1, H)  # pq = q W_q^T
-            return dq + rows_matmul(dpq, W_q)
+            dW_q, dq_a = self.matmuls([(rows(dpq).T, rows(q)), (rows(dpq), W_q)])  # pq = q W_q^T
+            grads["W_a"][:, :H] += dW_q
+            return dq + dq_a.reshape(dq.shape)
         keys = memory["keys"]
         dmemory["keys"] += dscores.transpose(0, 2, 1) @ q      # through scores = q keys^T
         return dq + dscores @ keys
 
 
-def rows_matmul(x, w):
-    """x (..., K) @ w (K, N) as one GEMM over all the rows: NumPy's matmul of a stack by a matrix
-    runs one GEMM per matrix of the stack, 1.7x slower at (64, 13, 512) @ (512, 256)."""
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[1],))
+def rows(x):
+    """x (..., K) as the matrix of its rows (N, K), for one GEMM over them all: NumPy's matmul
+    of a stack by a matrix runs one GEMM per matrix of the stack, 1.7x slower at
+    (64, 13, 512) @ (512, 256)."""
+    return x.reshape(-1, x.shape[-1])
 
 
 def _uniform(rng, shape, fan_in, dtype):

@@ -39,6 +39,7 @@ parameters ``W_a``, ``v_a``, ``W_c`` as its score needs) and ``out``, e.g.
 ``encoder.weight_ih_l0_reverse``, ``attention.W_a``, ``out.bias``.
 """
 
+import importlib
 import math
 import numbers
 import warnings
@@ -46,7 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention import SCORES, Attention, rows_matmul
+from .attention import SCORES, Attention, rows
+from .cells.gates import matmuls as numpy_matmuls
 from .layers import GRU, LSTM, check_backend
 
 CELLS = {"lstm": LSTM, "gru": GRU}
@@ -166,7 +168,9 @@ class Seq2Seq:
         self.params["tgt_embedding.weight"] = rng.standard_normal((self.tgt_vocab, E)).astype(dt)
         self.decoder = stack(E + (H if input_feeding else 0), H, int(decoder_layers), False)
         self.params.update({f"decoder.{k}": v for k, v in self.decoder.params.items()})
-        self.attention = Attention(attention, H, D, attention_size, dtype=dt, rng=rng)
+        self.matmuls = _matmuls_of(self.encoder)
+        self.attention = Attention(attention, H, D, attention_size, dtype=dt, rng=rng,
+                                   matmuls=self.matmuls)
         self.params.update({f"attention.{k}": v for k, v in self.attention.params.items()})
         self.params.update(_linear_params("out", H, self.tgt_vocab, rng, dt))
 
@@ -236,12 +240,12 @@ class Seq2Seq:
         memory = self.attention.prepare(hs.transpose(1, 0, 2), valid)
         state0, bridge_tape = self._bridge(h_n)
         emb = self.params["tgt_embedding.weight"][tgt_in]               # (T, B, E)
+        T, B = tgt_in.shape
         if not self.input_feeding:  # the fast path: one layer call, batched attention
             y, _, dec_tape = self.decoder.forward(emb, state0, **run)
             q = np.ascontiguousarray(y.transpose(1, 0, 2))               # (B, T, H)
             hbar, _, att_tape = self.attention.forward(q, memory)
         else:
-            T, B = tgt_in.shape
             hbar = np.empty((B, T, self.hidden_size), self.dtype)
             fed = np.zeros((B, self.hidden_size), self.dtype)           # hbar_0 = 0
             state, dec_tape, att_tape = state0, [], []
@@ -253,7 +257,9 @@ class Seq2Seq:
                 dec_tape.append(tape_t)
                 att_tape.append(att_t)
         hbar_t = np.ascontiguousarray(hbar.transpose(1, 0, 2))           # (T, B, H)
-        logits = rows_matmul(hbar_t, self.params["out.weight"].T) + self.params["out.bias"]
+        (logits,) = self.matmuls([(rows(hbar_t), self.params["out.weight"].T)])
+        logits = logits.reshape(T, B, -1)
+        logits += self.params["out.bias"]
         tape = dict(owner=self, src=src, tgt_in=tgt_in, enc=enc_tape, memory=memory,
                     bridge=bridge_tape, dec=dec_tape, att=att_tape, hbar=hbar_t)
         return logits, tape
@@ -277,9 +283,11 @@ class Seq2Seq:
         dlogits = dlogits.astype(self.dtype, copy=False)
         grads = {}
         d2 = dlogits.reshape(-1, V)
-        grads["out.weight"] = d2.T @ hbar_t.reshape(-1, H)    # through logits = hbar W_o^T + b_o
+        # through logits = hbar W_o^T + b_o
+        grads["out.weight"], dhbar = self.matmuls([(d2.T, rows(hbar_t)),
+                                                   (d2, self.params["out.weight"])])
         grads["out.bias"] = d2.sum(axis=0)
-        dhbar = rows_matmul(dlogits, self.params["out.weight"]).transpose(1, 0, 2)   # (B, T, H)
+        dhbar = dhbar.reshape(T, B, H).transpose(1, 0, 2)               # (B, T, H)
         memory = tape["memory"]
         att_grads = self.attention.zero_grads()
         dmemory = self.attention.zero_dmemory(memory)
@@ -326,7 +334,7 @@ class Seq2Seq:
         for name, part in zip(("bridge", "bridge_c"), parts):
             X = self._per_layer(part)                                   # (L, B, D)
             W, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]
-            s = np.tanh(rows_matmul(X, W.T) + b)
+            s = np.tanh(X @ W.T + b)
             state.append(s)                                             # (L, B, H)
             tape.append((X, s))
         return (tuple(state) if self.lstm else state[0]), tape
@@ -341,7 +349,7 @@ class Seq2Seq:
             dz2 = dz.reshape(-1, dz.shape[-1])
             grads[f"{name}.weight"] = dz2.T @ X.reshape(-1, X.shape[-1])
             grads[f"{name}.bias"] = dz2.sum(axis=0)
-            dh_n.append(self._per_direction(rows_matmul(dz, self.params[f"{name}.weight"])))
+            dh_n.append(self._per_direction(dz @ self.params[f"{name}.weight"]))
         return tuple(dh_n) if self.lstm else dh_n[0]
 
     def _per_layer(self, s):
@@ -535,7 +543,7 @@ class Seq2Seq:
             bad = ids[(ids < 0) | (ids >= vocab)]
             raise ValueError(f"Seq2Seq: expected {what} ids in 0..{vocab - 1} (vocabulary of "
                              f"{vocab}), got {bad[:10].tolist()}")
-        return ids
+        return ids.copy()  # the tape keeps them, and the caller may reuse its array
 
     def _check_source(self, src, lengths):
         """src ids, lengths (None when every source fills S) and the valid steps (B, S)."""
@@ -638,6 +646,13 @@ def pad(sequences, value=0):
     for b, s in enumerate(seqs):
         out[:len(s), b] = s
     return out, lengths
+
+
+def _matmuls_of(layer):
+    """The products runner of a layer's backend: a compiled backend's (``bptt.native``) runs
+    them on its own threads; NumPy's otherwise."""
+    package = importlib.import_module(layer.cell.__name__.rpartition(".")[0])
+    return getattr(package, "matmuls", numpy_matmuls)
 
 
 def _log_softmax(z):
