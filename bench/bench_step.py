@@ -9,6 +9,13 @@ so that machine noise hits both. Reports medians, min and max in ms; ratio = bpt
 ``--backend`` picks bptt's cells, one or several side by side: the NumPy reference, the compiled
 ``bptt.kernels`` (numba) and ``bptt.native`` (C++, built at install); ``all`` (the default) is
 every one that imports here.
+
+Inference also runs in onnxruntime where it is installed (``--no-onnx``: not): the same layer
+exported by ``bptt.export.to_onnx`` (zero initial state, as the others), one InferenceSession
+with ``intra_op_num_threads`` = ``--threads``, interleaved with the last backend listed (the one
+``auto`` picks) and torch in that backend's process; ratio ort/b = onnxruntime / bptt-b. Its
+workers do not spin between calls (``session.intra_op.allow_spinning`` = 0; ``--ort-spin``: they
+do, onnxruntime's default), so that they take no core from the calls interleaved with them.
 """
 
 import argparse
@@ -49,6 +56,11 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="all",
                    help="bptt's cells, comma-separated: numpy (reference), numba (bptt.kernels), "
                         "native (bptt.native); all: every one available")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="leave out the onnxruntime inference column")
+    p.add_argument("--ort-spin", action="store_true",
+                   help="let onnxruntime's workers spin between calls (its default; they may "
+                        "then slow the calls interleaved with them)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     args.cells = args.cells.split(",")
@@ -61,7 +73,21 @@ def parse_args(argv=None):
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     if args.quick:
         args.repeats, args.warmup, args.sizes = min(args.repeats, 3), 1, args.sizes[:1]
+    args.ort_note = None
+    if args.onnx:
+        args.ort_note = onnx_missing()
+        args.onnx = args.ort_note is None
     return args
+
+
+def onnx_missing():
+    """None where onnx and onnxruntime import, else why the column is left out."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"onnxruntime column skipped: {e} (pip install 'bptt[export]')"
+    return None
 
 
 def available_backends():
@@ -90,8 +116,9 @@ def set_threads(n, backends=("numpy",)):
     return threadpoolctl.threadpool_limits(n)
 
 
-def build(cell, size, backends=("numpy",)):
-    """The same layer in both libraries, weights copied across; one callable per (lib, mode)."""
+def build(cell, size, backends=("numpy",), ort_threads=None, ort_spin=False):
+    """The same layer in both libraries, weights copied across; one callable per (lib, mode);
+    with ``ort_threads``, also ("onnxruntime", "infer"): the layer exported to ONNX."""
     T, B, H = size
     bptt_cls, torch_cls = CELLS[cell]
     layers = {b: bptt_cls(H, H, dtype=np.float32, seed=0, backend=b) for b in backends}
@@ -120,7 +147,25 @@ def build(cell, size, backends=("numpy",)):
     for b, lay in layers.items():
         fns[f"bptt-{b}", "train"] = lambda lay=lay: bptt_train(lay)
         fns[f"bptt-{b}", "infer"] = lambda lay=lay: lay.forward(x, tape=False)  # as no_grad
+    if ort_threads is not None:
+        fns["onnxruntime", "infer"] = onnx_infer(layer, x, ort_threads, ort_spin)
     return fns
+
+
+def onnx_infer(layer, x, threads, spin=False):
+    """A callable running ``layer`` exported to ONNX on x in onnxruntime, ``threads`` threads
+    (``spin``: idle workers spin)."""
+    import onnxruntime as ort
+
+    from bptt.export import to_onnx
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    proto = to_onnx(layer, initial_state=False)
+    sess = ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": x})
 
 
 def time_interleaved(fns, repeats, warmup):
@@ -142,32 +187,42 @@ def summarize(ms):
     return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "all": ms}
 
 
-def timing_child(backend, grid, threads, repeats, warmup):
-    """In a fresh process: one bptt backend and torch, interleaved, over the grid. Each backend
-    gets a process of its own because a backend's thread pool (OpenBLAS's spinning workers
-    after a multi-threaded call) slows whatever runs next on the other core, torch included."""
+def timing_child(backend, grid, threads, repeats, warmup, onnx=False, ort_spin=False):
+    """In a fresh process: one bptt backend and torch (and onnxruntime's inference with
+    ``onnx``), interleaved, over the grid. Each backend gets a process of its own because a
+    backend's thread pool (OpenBLAS's spinning workers after a multi-threaded call) slows
+    whatever runs next on the other core, torch included."""
     limiter = set_threads(threads, (backend,))  # noqa: F841 (held for the process's life)
     rows = []
     for cell, size in grid:
-        times = time_interleaved(build(cell, size, (backend,)), repeats, warmup)
+        fns = build(cell, size, (backend,), threads if onnx else None, ort_spin)
+        times = time_interleaved(fns, repeats, warmup)
         for mode in MODES:
             t, s = summarize(times["torch", mode]), summarize(times[f"bptt-{backend}", mode])
-            # paired: the median of each repeat's own ratio (the two ran in the same second),
-            # which a slow drift of the shared machine's speed moves less than the medians
-            paired = statistics.median(a / b for a, b in zip(s["all"], t["all"], strict=True))
-            rows.append(dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode,
-                             torch_ms=t, bptt_ms=s, ratio=s["median"] / t["median"],
-                             paired=paired))
+            row = dict(cell=cell, T=size[0], B=size[1], H=size[2], mode=mode, torch_ms=t,
+                       bptt_ms=s, ratio=s["median"] / t["median"], paired=paired(s, t))
+            if ("onnxruntime", mode) in times:
+                o = summarize(times["onnxruntime", mode])
+                row.update(ort_ms=o, ort_ratio=o["median"] / s["median"],
+                           ort_paired=paired(o, s))
+            rows.append(row)
     return rows
+
+
+def paired(a, b):
+    """The median of each repeat's own ratio a/b (the two ran in the same second), which a
+    slow drift of the shared machine's speed moves less than the ratio of the medians."""
+    return statistics.median(x / y for x, y in zip(a["all"], b["all"], strict=True))
 
 
 def bench_timing(grid, args):
     """Rows per (cell, size, mode), with each backend's time, its torch time and ratio."""
     merged = {}
     for b in args.backends:
+        onnx = args.onnx and b == args.backends[-1]
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows = pool.submit(timing_child, b, grid, args.threads, args.repeats,
-                               args.warmup).result()
+                               args.warmup, onnx, args.ort_spin).result()
         for r in rows:
             key = (r["cell"], r["T"], r["B"], r["H"], r["mode"])
             row = merged.setdefault(key, dict(cell=r["cell"], T=r["T"], B=r["B"], H=r["H"],
@@ -175,6 +230,9 @@ def bench_timing(grid, args):
             row[f"bptt-{b}_ms"], row[f"torch-{b}_ms"], row[f"ratio-{b}"] = (
                 r["bptt_ms"], r["torch_ms"], r["ratio"])
             row[f"paired-{b}"] = r["paired"]
+            if "ort_ms" in r:
+                row["onnxruntime_ms"], row["ort_backend"] = r["ort_ms"], b
+                row["ratio-ort"], row["paired-ort"] = r["ort_ratio"], r["ort_paired"]
     return list(merged.values())
 
 
@@ -268,10 +326,23 @@ def environment(args):
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE", "unset"),
         "threads": f"{args.threads} (torch.get_num_threads() = {torch.get_num_threads()})",
+        "onnxruntime": _onnx_versions(args),
     }
     for cell in args.cells:
         env[f"torch path {cell.upper()}"] = torch_path(cell, args.sizes[0])
     return env
+
+
+def _onnx_versions(args):
+    if not args.onnx:
+        return args.ort_note or "not run (--no-onnx)"
+    import onnx
+    import onnxruntime
+
+    from bptt.export import DEFAULT_OPSET
+    return (f"{onnxruntime.__version__} (onnx {onnx.__version__}, opset {DEFAULT_OPSET}, "
+            f"CPUExecutionProvider, intra_op_num_threads={args.threads}, "
+            f"{'spinning' if args.ort_spin else 'no spinning'})")
 
 
 def _numba_version(backends):
@@ -303,16 +374,27 @@ def main():
     bs = args.backends
     for mode in MODES:
         what = "training step (forward + backward)" if mode == "train" else "forward (inference)"
-        print_table(f"{mode}: ms per {what}, median [min-max] of {args.repeats} repeats; "
-                    "ratio = bptt/torch (<1: bptt faster)\n(each backend in its own process, "
-                    "interleaved with torch: 'torch (b)' is torch's time in backend b's run;\n"
-                    "ratio: of the two medians; paired: the median of the repeats' own ratios)",
+        ort = mode == "infer" and args.onnx
+        title = (f"{mode}: ms per {what}, median [min-max] of {args.repeats} repeats; "
+                 "ratio = bptt/torch (<1: bptt faster)\n(each backend in its own process, "
+                 "interleaved with torch: 'torch (b)' is torch's time in backend b's run;\n"
+                 "ratio: of the two medians; paired: the median of the repeats' own ratios)")
+        if ort:
+            title += (f"\nonnxruntime: the layer exported to ONNX, in {bs[-1]}'s process; "
+                      f"ort/{bs[-1]} = onnxruntime / bptt-{bs[-1]} (>1: bptt faster)")
+        elif mode == "infer" and args.ort_note:
+            title += f"\n({args.ort_note})"
+        print_table(title,
                     ["cell", "T", "B", "H"]
                     + [c for b in bs for c in (f"bptt-{b} ms", f"torch ({b}) ms")]
-                    + [c for b in bs for c in (f"ratio {b}", f"paired {b}")],
+                    + (["onnxruntime ms"] if ort else [])
+                    + [c for b in bs for c in (f"ratio {b}", f"paired {b}")]
+                    + ([f"ort/{bs[-1]}", "paired ort"] if ort else []),
                     [[r["cell"], r["T"], r["B"], r["H"]]
                      + [c for b in bs for c in (fmt(r[f"bptt-{b}_ms"]), fmt(r[f"torch-{b}_ms"]))]
+                     + ([fmt(r["onnxruntime_ms"])] if ort else [])
                      + [f"{r[f'{c}-{b}']:.2f}" for b in bs for c in ("ratio", "paired")]
+                     + ([f"{r['ratio-ort']:.2f}", f"{r['paired-ort']:.2f}"] if ort else [])
                      for r in timing if r["mode"] == mode])
     memory = []
     if args.memory:
