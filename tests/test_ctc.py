@@ -264,6 +264,26 @@ def test_impossible_classes_and_peaked_frames(backend):
     assert rel_err(grad32, np.nan_to_num(ref32[1])) < 1e-4
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_target_far_below_the_best_cells(backend):
+    # an untrained model that says blank everywhere: the targets' ends sit hundreds of nats
+    # below the best cell of each frame, and must not be lost to underflow in either dtype
+    rng = np.random.default_rng(16)
+    T, B, C, S = 120, 3, 8, 40
+    z = rng.standard_normal((T, B, C))
+    z[:, :, 0] += 9
+    lp = log_softmax(z)
+    targets, il, tl = rng.integers(1, C, (B, S)), np.array([120, 100, 90]), np.array([40, 35, 30])
+    loss, grad = ctc_loss(lp, targets, il, tl, reduction="none", backend=backend)
+    ref = torch_ctc(lp, targets, il, tl, reduction="none")
+    assert np.all(loss > 150)                             # e^-150 is below float32's range
+    assert_matches((loss, grad), ref, 1e-9)
+    loss32, grad32 = ctc_loss(lp.astype(np.float32), targets, il, tl, reduction="none",
+                              backend=backend)
+    np.testing.assert_allclose(loss32, ref[0], rtol=1e-5)
+    assert rel_err(grad32, ref[1]) < 1e-4
+
+
 @pytest.mark.skipif(ctc._native is None, reason="bptt.native._ctc was not built")
 def test_native_results_do_not_depend_on_threads():
     lp, targets, il, tl, _ = make_case("many", seed=9)
@@ -462,3 +482,14 @@ def test_bad_decoder_arguments():
         assert words in str(e.value) and "ctc_beam_search" in str(e.value)
     with pytest.raises(ValueError, match="ctc_beam_search: expected log_probs to be log-prob"):
         ctc_beam_search(lp + 1)
+
+
+def test_without_the_extension_auto_runs_numpy(monkeypatch):
+    args = good()
+    numpy_result = ctc_loss(**args, reduction="none", backend="numpy")
+    monkeypatch.setattr(ctc, "_native", None)
+    auto = ctc_loss(**args, reduction="none")
+    np.testing.assert_array_equal(auto[0], numpy_result[0])
+    np.testing.assert_array_equal(auto[1], numpy_result[1])
+    with pytest.raises(ValueError, match="ctc_loss: backend='native' needs the extension"):
+        ctc_loss(**args, backend="native")

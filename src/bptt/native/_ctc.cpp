@@ -3,23 +3,20 @@
 // reference, whose docstring and module carry the equations); one sequence per task, the
 // sequences spread over OpenMP threads, so the results do not depend on the thread count.
 //
-// In log space, as the reference. A step needs log(e^a + e^b + e^c) for every cell s from three
-// cells of the step before. Rather than shifting each cell by its own maximum (three exps and a
-// log per cell), the whole previous row is shifted once by its maximum M:
-//
-//     p(s) = exp(prev(s) - M),    q(s) = p(s) + p(s-1) + k_s p(s-2),    cur(s) = M + log q(s)
-//
-// one exp and one log per cell. Where q(s) < min_normal / epsilon, some term may have lost digits
-// to underflow (a cell far below the row's best one), and that cell is taken again with its own
-// maximum, exactly.
+// In log space, as the reference and torch: each cell's log(e^a + e^b + e^c) is shifted by its
+// own maximum, so no term underflows however far below the rest of its row it lies (an untrained
+// model's target can sit hundreds of nats below the best cell of the last frame). The rows run
+// through the vector units: exp_of and log_of below are polynomials the compiler vectorizes.
 
 #include <Python.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -42,22 +39,93 @@ struct CtcArgs {
 template <class R>
 constexpr R kNegInf = -std::numeric_limits<R>::infinity();
 
-// q below this may hold a term that underflowed: min_normal / epsilon (2^-103, 2^-970)
+// exp and log with the bit layout of R: the integer of its size, its mantissa bits, its bias
 template <class R>
-constexpr R kSafe = std::numeric_limits<R>::min() / std::numeric_limits<R>::epsilon();
+struct Bits {
+    using I = std::conditional_t<std::is_same_v<R, float>, int32_t, int64_t>;
+    static constexpr int mantissa = std::numeric_limits<R>::digits - 1;   // 23, 52
+    static constexpr I bias = std::numeric_limits<R>::max_exponent - 1;   // 127, 1023
+    // x + shifter rounds x to an integer held in the low mantissa bits: 1.5 * 2^mantissa
+    static constexpr R shifter = R(1.5) * R(I(1) << mantissa);
+};
 
+// 1/n! and 1/(2n + 1), the coefficients of the series of exp and of atanh
 template <class R>
-R log_add_exp3(R a, R b, R c) {
-    R m = std::max(a, std::max(b, c));
-    if (m == kNegInf<R>) return m;
-    return m + std::log(std::exp(a - m) + std::exp(b - m) + std::exp(c - m));
+constexpr R kInverseFactorial[14] = {
+    R(1),          R(1),           R(1) / 2,         R(1) / 6,          R(1) / 24,
+    R(1) / 120,    R(1) / 720,     R(1) / 5040,      R(1) / 40320,      R(1) / 362880,
+    R(1) / 3628800, R(1) / 39916800, R(1) / 479001600, R(1) / 6227020800};
+template <class R>
+constexpr R kInverseOdd[10] = {R(1),      R(1) / 3,  R(1) / 5,  R(1) / 7,  R(1) / 9,
+                               R(1) / 11, R(1) / 13, R(1) / 15, R(1) / 17, R(1) / 19};
+
+// ln 2 in two parts: ln2_hi has 15 bits, so k * ln2_hi is exact for every exponent k
+template <class R>
+constexpr R kLn2Hi = R(0.693145751953125);
+template <class R>
+constexpr R kLn2Lo = R(1.4286068203094173e-06);
+
+// exp(x) for x <= ~1, -inf included, and 0 below log(min_normal) (no cell here needs more):
+// x = k ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor polynomial to degree 7 (float) or 13
+// (double), whose remainder is below half an ulp, then times 2^k built in the exponent bits.
+template <class R>
+inline R exp_of(R x) {
+    using B = Bits<R>;
+    using I = typename B::I;
+    constexpr R lo = std::is_same_v<R, float> ? R(-87.3) : R(-708.3);
+    R xc = std::min(std::max(x, lo), R(80));
+    R t = xc * R(1.4426950408889634) + B::shifter;      // x / ln2 + shifter
+    R kd = t - B::shifter;                               // k = round(x / ln2)
+    I k = std::bit_cast<I>(t) - std::bit_cast<I>(B::shifter);
+    R r = (xc - kd * kLn2Hi<R>) - kd * kLn2Lo<R>;
+    constexpr int degree = std::is_same_v<R, float> ? 7 : 13;
+    R poly = kInverseFactorial<R>[degree];
+    for (int n = degree - 1; n >= 0; --n) poly = kInverseFactorial<R>[n] + r * poly;
+    R scale = std::bit_cast<R>((k + B::bias) << B::mantissa);   // 2^k
+    return x < lo ? R(0) : poly * scale;
 }
+
+// log(q) for a positive normal q (here in [1, 3]): q = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(u) = 2 (u + u^3/3 + u^5/5 + ...) with u = (m - 1) / (m + 1), |u| <= 0.172,
+// to u^9 (float) or u^19 (double), the first term left out below half an ulp.
+template <class R>
+inline R log_of(R q) {
+    using B = Bits<R>;
+    using I = typename B::I;
+    I bits = std::bit_cast<I>(q);
+    I e = (bits >> B::mantissa) - B::bias;
+    R m = std::bit_cast<R>((bits & ((I(1) << B::mantissa) - 1)) | (B::bias << B::mantissa));
+    bool big = m > R(1.4142135623730951);                // [1, 2) -> [sqrt(1/2), sqrt(2))
+    m = big ? m * R(0.5) : m;
+    e = big ? e + 1 : e;
+    R ed = std::bit_cast<R>(e + std::bit_cast<I>(B::shifter)) - B::shifter;   // R(e)
+    R u = (m - R(1)) / (m + R(1));
+    R u2 = u * u;
+    constexpr int terms = std::is_same_v<R, float> ? 5 : 10;
+    R series = kInverseOdd<R>[terms - 1];
+    for (int j = terms - 2; j >= 0; --j) series = kInverseOdd<R>[j] + u2 * series;
+    return ed * kLn2Hi<R> + (R(2) * u * series + ed * kLn2Lo<R>);
+}
+
+// out(s) = log(e^{a(s)} + e^{b(s)} + e^{c(s) + k(s)}) for a row of n cells, k(s) 0 or -inf
+template <class R>
+void log_sum_exp_row(const R* a, const R* b, const R* c, const R* k, int64_t n, R* out) {
+#pragma omp simd
+    for (int64_t s = 0; s < n; ++s) {
+        R x0 = a[s], x1 = b[s], x2 = c[s] + k[s];
+        R m = std::max(x0, std::max(x1, x2));
+        R shift = std::max(m, std::numeric_limits<R>::lowest());  // all -inf: exps of -inf
+        R q = exp_of(x0 - shift) + exp_of(x1 - shift) + exp_of(x2 - shift);  // in [1, 3]
+        out[s] = m == kNegInf<R> ? m : shift + log_of(std::max(q, R(1)));
+    }
+}
+
+constexpr int64_t kLanes = 16;  // floats in a 64-byte vector
 
 template <class R>
 struct Scratch {
-    std::vector<R> alpha, p, beta_hat, beta, beta_next, occupancy;
+    std::vector<R> alpha, beta, beta_next, beta_hat, emit, gamma, k, k_next, occupancy;
     std::vector<int64_t> ext;
-    std::vector<char> skip;
 };
 
 // One sequence b.
@@ -76,47 +144,46 @@ void sequence(const CtcArgs& a, int64_t b, Scratch<R>& w) {
         return;
     }
 
-    // l' = blank, l_1, blank, ..., l_S, blank; k_s = a label other than l'_{s-2}
+    // l' = blank, l_1, blank, ..., l_S, blank; log k_s = 0 for a label other than l'_{s-2},
+    // else -inf; k_next(s) = log k_{s+2}, the skip of the backward recursion
+    // The rows are padded to n cells, a multiple of the vector width, so that every cell runs
+    // in the vector loops (a row is often shorter than two vectors); the padding never emits.
+    const int64_t n = (Sx + kLanes - 1) / kLanes * kLanes;
     w.ext.resize(Sx);
-    w.skip.assign(Sx, 0);
     for (int64_t s = 0; s < Sx; ++s)
         w.ext[s] = s % 2 ? a.labels[b * a.S + s / 2] : a.blank;
-    for (int64_t s = 3; s < Sx; s += 2) w.skip[s] = w.ext[s] != w.ext[s - 2];
     const int64_t* ext = w.ext.data();
-    const char* skip = w.skip.data();
-
-    // forward: alpha_t(s) = log y_t(l'_s) + log(e^alpha(s) + e^alpha(s-1) + k_s e^alpha(s-2))
-    w.alpha.assign(T * Sx, kNegInf<R>);
-    w.p.resize(Sx);
-    R* alpha = w.alpha.data();
-    R* p = w.p.data();
-    alpha[0] = lp[row(0) + a.blank];
-    if (S > 0) alpha[1] = lp[row(0) + ext[1]];
-    bool feasible = true;
-    for (int64_t t = 1; t < T && feasible; ++t) {
-        const R* prev = alpha + (t - 1) * Sx;
-        R* cur = alpha + t * Sx;
+    w.k.assign(n, kNegInf<R>);
+    w.k_next.assign(n, kNegInf<R>);
+    for (int64_t s = 3; s < Sx; s += 2)
+        if (ext[s] != ext[s - 2]) w.k[s] = w.k_next[s - 2] = R(0);
+    w.emit.assign(n, kNegInf<R>);
+    R* emit = w.emit.data();
+    auto emissions = [&](int64_t t) {  // emit(s) = log y_t(l'_s)
         const R* lpt = lp + row(t);
-        R M = *std::max_element(prev, prev + Sx);
-        if (M == kNegInf<R>) {
-            feasible = false;
-            break;
-        }
-        for (int64_t s = 0; s < Sx; ++s) p[s] = std::exp(prev[s] - M);
-        for (int64_t s = 0; s < Sx; ++s) {
-            R q = p[s] + (s >= 1 ? p[s - 1] : R(0)) + (skip[s] ? p[s - 2] : R(0));
-            R lse = q >= kSafe<R> ? M + std::log(q)
-                                  : log_add_exp3(prev[s], s >= 1 ? prev[s - 1] : kNegInf<R>,
-                                                 skip[s] ? prev[s - 2] : kNegInf<R>);
-            cur[s] = lse + lpt[ext[s]];
-        }
+        for (int64_t s = 0; s < Sx; ++s) emit[s] = lpt[ext[s]];
+    };
+
+    // forward: alpha_t(s) = log y_t(l'_s) + log(e^alpha(s) + e^alpha(s-1) + k_s e^alpha(s-2)).
+    // Rows of n + 2 with two -inf cells in front, the cells before s = 0.
+    const int64_t W = n + 2;
+    w.alpha.assign(T * W, kNegInf<R>);
+    auto alpha = [&](int64_t t) { return w.alpha.data() + t * W + 2; };
+    alpha(0)[0] = lp[row(0) + a.blank];
+    if (S > 0) alpha(0)[1] = lp[row(0) + ext[1]];
+    for (int64_t t = 1; t < T; ++t) {
+        const R* prev = alpha(t - 1);
+        R* cur = alpha(t);
+        log_sum_exp_row(prev, prev - 1, prev - 2, w.k.data(), n, cur);
+        emissions(t);
+#pragma omp simd
+        for (int64_t s = 0; s < n; ++s) cur[s] += emit[s];
     }
-    const R* last = alpha + (T - 1) * Sx;
-    R end1 = last[Sx - 1], end2 = S > 0 ? last[Sx - 2] : kNegInf<R>;
+    const R* last = alpha(T - 1);
+    R end1 = last[Sx - 1], end2 = last[Sx - 2];  // last[-1] = -inf when S = 0
     R m = std::max(end1, end2);
-    R nll = m == kNegInf<R> || !feasible
-                ? std::numeric_limits<R>::infinity()
-                : -(m + std::log(std::exp(end1 - m) + std::exp(end2 - m)));
+    R nll = m == kNegInf<R> ? std::numeric_limits<R>::infinity()
+                            : -(m + std::log(std::exp(end1 - m) + std::exp(end2 - m)));
     nll_out[b] = nll;
     if (std::isinf(nll)) {  // p(l | x) = 0: no gradient (torch gives nan; zero_infinity zeroes it)
         for (int64_t t = 0; t < T; ++t)
@@ -125,41 +192,36 @@ void sequence(const CtcArgs& a, int64_t b, Scratch<R>& w) {
     }
 
     // backward, one row at a time, with gamma_t(c) = sum_{l'_s = c} e^{alpha_t(s) + beta-hat_t(s)
-    // + nll} and the gradient row y_t - gamma_t as soon as beta-hat_t is known
-    w.beta_hat.assign(Sx, kNegInf<R>);
-    w.beta.resize(Sx);
-    w.beta_next.resize(Sx);
+    // + nll} and the gradient row y_t - gamma_t as soon as beta-hat_t is known. beta rows have
+    // two -inf cells behind, the cells past the end.
+    w.beta.assign(W, kNegInf<R>);
+    w.beta_next.assign(W, kNegInf<R>);
+    w.beta_hat.assign(n, kNegInf<R>);
+    w.gamma.resize(n);
     w.occupancy.resize(C);
-    R* beta_hat = w.beta_hat.data();
-    R* beta = w.beta.data();          // beta_t = beta-hat_t + log y_t(l'_s)
+    R* beta = w.beta.data();            // beta_t = beta-hat_t + log y_t(l'_s)
     R* beta_next = w.beta_next.data();  // beta_{t+1}
-    R* occupancy = w.occupancy.data();
+    R *beta_hat = w.beta_hat.data(), *gamma = w.gamma.data(), *occupancy = w.occupancy.data();
     beta_hat[Sx - 1] = 0;
     if (S > 0) beta_hat[Sx - 2] = 0;
     for (int64_t t = T - 1; t >= 0; --t) {
-        const R* lpt = lp + row(t);
         if (t < T - 1) {
             std::swap(beta, beta_next);
-            R M = *std::max_element(beta_next, beta_next + Sx);  // finite: a path runs through t+1
-            for (int64_t s = 0; s < Sx; ++s) p[s] = std::exp(beta_next[s] - M);
-            for (int64_t s = 0; s < Sx; ++s) {
-                bool k = s + 2 < Sx && skip[s + 2];
-                R q = p[s] + (s + 1 < Sx ? p[s + 1] : R(0)) + (k ? p[s + 2] : R(0));
-                beta_hat[s] = q >= kSafe<R>
-                                  ? M + std::log(q)
-                                  : log_add_exp3(beta_next[s],
-                                                 s + 1 < Sx ? beta_next[s + 1] : kNegInf<R>,
-                                                 k ? beta_next[s + 2] : kNegInf<R>);
-            }
+            log_sum_exp_row(beta_next, beta_next + 1, beta_next + 2, w.k_next.data(), n,
+                            beta_hat);
         }
-        const R* alpha_t = alpha + t * Sx;
+        const R* alpha_t = alpha(t);
+        emissions(t);
+#pragma omp simd
+        for (int64_t s = 0; s < n; ++s) {
+            gamma[s] = exp_of(alpha_t[s] + beta_hat[s] + nll);
+            beta[s] = beta_hat[s] + emit[s];
+        }
         std::fill(occupancy, occupancy + C, R(0));
-        for (int64_t s = 0; s < Sx; ++s) {
-            occupancy[ext[s]] += std::exp(alpha_t[s] + beta_hat[s] + nll);
-            beta[s] = beta_hat[s] + lpt[ext[s]];
-        }
+        for (int64_t s = 0; s < Sx; ++s) occupancy[ext[s]] += gamma[s];
         const R* y = probs + row(t);
         R* g = grad + row(t);
+#pragma omp simd
         for (int64_t c = 0; c < C; ++c) g[c] = y[c] - occupancy[c];
     }
 }
