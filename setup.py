@@ -6,11 +6,32 @@ Optional: where they do not build (no compiler), bptt installs without them and
 """
 
 import os
+import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildExt(build_ext):
+    """build_ext that ends with one line when an optional extension did not build."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception:
+            self.not_built = [*getattr(self, "not_built", []), ext.name]
+            raise
+
+    def run(self):
+        super().run()
+        if getattr(self, "not_built", None):
+            print(f"bptt: notice: {', '.join(self.not_built)} not built (no C++20 compiler?); "
+                  f"bptt installs with its NumPy reference (backend='auto' uses it)",
+                  file=sys.stderr)
+
 
 arch = os.environ.get("BPTT_NATIVE_ARCH", "native")
-setup(ext_modules=[Extension(
+setup(cmdclass={"build_ext": BuildExt}, ext_modules=[Extension(
     "bptt.native._loops",
     sources=["src/bptt/native/_loops.cpp"],
     language="c++",
