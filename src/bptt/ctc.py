@@ -51,7 +51,6 @@ The recursions run over time in a loop and over the batch and the S' positions a
 it was built), which gives the same results up to rounding.
 """
 
-import heapq
 import math
 import operator
 
@@ -92,7 +91,7 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     inputs = _check_inputs(name, (T, B, C), targets, input_lengths, target_lengths, blank,
                            reduction, backend)
     probs = _probabilities(name, lp, inputs[1])
-    nll, grad = _forward_backward(lp, probs, *inputs, blank, backend)
+    nll, grad = _forward_backward(lp, probs, *inputs, backend)
     return _reduce(nll, grad, inputs[2], reduction, zero_infinity)
 
 
@@ -107,23 +106,26 @@ def ctc_loss_logits(logits, targets, input_lengths, target_lengths, blank=0, red
         \frac{\partial L}{\partial z_t(c)} = w_b\,\big(\mathrm{softmax}(z_t)_c - \gamma_t(c)\big),
 
     softmax minus the posterior occupancy, whose rows sum to 0: the form a model's output layer
-    uses. logits (T, B, C) of float32 or float64; the other arguments as in ``ctc_loss``.
+    uses. logits (T, B, C) of float32 or float64, where -inf leaves a class out; the other
+    arguments as in ``ctc_loss``.
     """
     name = "ctc_loss_logits"
     z = _float_array(name, "logits", logits)
     T, B, C = _shape_TBC(name, "logits", z)
     inputs = _check_inputs(name, (T, B, C), targets, input_lengths, target_lengths, blank,
                            reduction, backend)
-    if not np.all(np.isfinite(z[_frame_mask(T, inputs[1])])):
-        raise ValueError(f"{name}: expected finite logits in the frames t < input_lengths[b], "
-                         f"got nan or inf")
+    inside = z[_frame_mask(T, inputs[1])]                              # (frames, C)
+    if np.isnan(inside).any() or np.isposinf(inside).any() or np.isneginf(inside.max(
+            axis=-1, initial=-np.inf)).any():
+        raise ValueError(f"{name}: expected logits without nan or +inf, and some class above "
+                         f"-inf, in every frame t < input_lengths[b]; got one that is not")
     with np.errstate(over="ignore", invalid="ignore"):  # frames past the lengths are never read
         shifted = z - z.max(axis=-1, keepdims=True)                    # (T, B, C), max 0 per row
         probs = np.exp(shifted)
         sum_exp = probs.sum(axis=-1, keepdims=True)
         probs /= sum_exp                                               # softmax
         lp = shifted - np.log(sum_exp)                                 # log_softmax
-    nll, grad = _forward_backward(lp, probs, *inputs, blank, backend)
+    nll, grad = _forward_backward(lp, probs, *inputs, backend)
     return _reduce(nll, grad, inputs[2], reduction, zero_infinity)
 
 
@@ -312,85 +314,123 @@ def ctc_beam_search(log_probs, input_lengths=None, blank=0, *, beam_width=10,
         raise TypeError(f"{name}: expected next_labels a callable prefix -> labels, got "
                         f"{type(next_labels).__name__}")
     lp64 = lp.astype(np.float64)
-    out = []
-    for b in range(B):
-        beam = _prefix_beam(lp64[:lengths[b], b], blank, beam_width, label_mask, words,
-                            next_labels, name)
-        if words is not None:
-            beam = [(p, s) for p, s in beam if _trie_node(words, p).get(_END)]
-        out.append(beam)
+    constraint = None
+    if label_mask is not None or words is not None or next_labels is not None:
+        constraint = _Constraint(label_mask, words, next_labels, C, name)
+    return [_prefix_beam(lp64[:lengths[b], b], blank, beam_width, constraint)
+            for b in range(B)]
+
+
+class _Prefixes:
+    """The prefixes met in one search as a tree: a prefix is an id, with its parent's id and its
+    last label, so that growing and hashing a prefix cost O(1) however long it is."""
+
+    def __init__(self):
+        self.parent, self.label, self.children = [-1], [-1], {}   # id 0: the empty prefix
+
+    def child(self, prefix, c):
+        key = (prefix, c)
+        node = self.children.get(key)
+        if node is None:
+            node = self.children[key] = len(self.parent)
+            self.parent.append(prefix)
+            self.label.append(c)
+        return node
+
+    def labels(self, prefix):
+        out = []
+        while prefix > 0:
+            out.append(self.label[prefix])
+            prefix = self.parent[prefix]
+        return tuple(reversed(out))
+
+
+def _prefix_beam(lp, blank, beam_width, constraint):
+    """One sequence: lp (T_b, C) float64. Returns [(labels, log p)] best first."""
+    T, C = lp.shape
+    neg_inf = -math.inf
+    tree = _Prefixes()
+    ids = np.zeros(1, np.int64)                                # the beam: prefix ids, and
+    pb, px = np.zeros(1), np.full(1, neg_inf)                  # log p_blank, log p_last
+    for t in range(T):
+        y = lp[t]
+        K = ids.size
+        last = np.array([tree.label[i] for i in ids])          # (K,), -1 for the empty prefix
+        has = last >= 0
+        total = np.logaddexp(pb, px)
+        stay_pb = total + y[blank]
+        stay_px = np.where(has, px + y[np.where(has, last, blank)], neg_inf)
+        # p_c(prefix c), from every path of the prefix but those ending in c itself
+        ext = total[:, None] + y[None, :]                      # (K, C)
+        rows = np.flatnonzero(has)
+        ext[rows, last[rows]] = pb[rows] + y[last[rows]]
+        ext[:, blank] = neg_inf
+        if constraint is not None:
+            ext[~constraint.allowed(ids, tree)] = neg_inf
+        # an extension already in the beam gathers into that prefix's p_last
+        row_of = {int(i): k for k, i in enumerate(ids)}
+        for k in rows:
+            j = row_of.get(tree.parent[ids[k]])
+            if j is not None:
+                stay_px[k] = np.logaddexp(stay_px[k], ext[j, last[k]])
+                ext[j, last[k]] = neg_inf
+        # the beam_width best of the kept prefixes and the new ones
+        scores = np.concatenate([np.logaddexp(stay_pb, stay_px), ext.ravel()])
+        top = np.flatnonzero(scores > neg_inf)
+        if top.size > beam_width:
+            top = top[np.argpartition(-scores[top], beam_width - 1)[:beam_width]]
+        kept, new = top[top < K], top[top >= K] - K
+        parents, labels = np.divmod(new, C)
+        ids = np.concatenate([ids[kept], np.array(
+            [tree.child(int(ids[j]), int(c)) for j, c in zip(parents, labels)], np.int64)])
+        pb = np.concatenate([stay_pb[kept], np.full(new.size, neg_inf)])
+        px = np.concatenate([stay_px[kept], ext[parents, labels]])
+    score = np.logaddexp(pb, px)
+    order = np.argsort(-score, kind="stable")
+    out = [(tree.labels(int(ids[k])), float(score[k])) for k in order if score[k] > neg_inf]
+    if constraint is not None and constraint.words is not None:
+        out = [(lab, sc) for lab, sc in out if _END in _trie_node(constraint.words, lab)]
     return out
 
 
 _END = -1  # the key in a lexicon trie's node that marks the end of a word
 
 
-def _prefix_beam(lp, blank, beam_width, label_mask, words, next_labels, name):
-    """One sequence: lp (T_b, C) float64. Returns [(prefix, log p)] best first."""
-    T, C = lp.shape
-    neg_inf = -math.inf
-    beam = {(): (0.0, neg_inf)}                        # prefix -> (log p_blank, log p_last)
-    for t in range(T):
-        y = lp[t]
-        new = {}
-        in_beam = {}                                   # prefix -> its children in the beam
-        for prefix in beam:
-            if prefix:
-                in_beam.setdefault(prefix[:-1], []).append(prefix[-1])
-        for prefix, (pb, px) in beam.items():
-            total = _lse(pb, px)
-            last = prefix[-1] if prefix else None
-            _add(new, prefix, total + y[blank], px + y[last] if prefix else neg_inf)
-            ext = total + y                            # (C,): p_c(prefix + c), from every path
-            if prefix:
-                ext[last] = pb + y[last]               # ... but those ending in c itself
-            ext[blank] = neg_inf
-            allowed = _allowed_after(prefix, label_mask, words, next_labels, C, name)
-            if allowed is not None:
-                ext[~allowed] = neg_inf
-            live = np.flatnonzero(ext > neg_inf)
-            if live.size > beam_width:
-                # an extension's only parent is this prefix: past the beam_width best it cannot
-                # be kept, unless it is in the beam already and gathers its own paths too
-                best = live[np.argpartition(-ext[live], beam_width - 1)[:beam_width]]
-                live = set(best.tolist()).union(
-                    c for c in in_beam.get(prefix, ()) if ext[c] > neg_inf)
-            for c in live:
-                _add(new, prefix + (int(c),), neg_inf, float(ext[c]))
-        beam = dict(heapq.nlargest(beam_width, new.items(), key=lambda kv: _lse(*kv[1])))
-    ranked = sorted(((p, _lse(pb, px)) for p, (pb, px) in beam.items()), key=lambda ps: -ps[1])
-    return [(p, s) for p, s in ranked if s > neg_inf]
+class _Constraint:
+    """Which labels may follow each prefix: allowed labels, a lexicon's trie, a callable."""
 
+    def __init__(self, label_mask, words, next_labels, C, name):
+        self.label_mask, self.words, self.next_labels = label_mask, words, next_labels
+        self.C, self.name = C, name
+        self.nodes = {0: words}                        # prefix id -> its node in the lexicon
 
-def _add(beam, prefix, pb, px):
-    """Add the probabilities (log p_blank, log p_last) of more paths to prefix's in beam."""
-    old = beam.get(prefix)
-    beam[prefix] = (pb, px) if old is None else (_lse(old[0], pb), _lse(old[1], px))
+    def allowed(self, ids, tree):
+        """Boolean (K, C): label c may follow prefix ids[k]."""
+        mask = np.ones((len(ids), self.C), bool)
+        if self.label_mask is not None:
+            mask &= self.label_mask
+        for k, i in enumerate(ids.tolist()):
+            if self.words is not None:
+                node = self._node(i, tree)
+                row = np.zeros(self.C, bool)
+                row[[c for c in node if c != _END]] = True
+                mask[k] &= row
+            if self.next_labels is not None:
+                prefix = tree.labels(i)
+                nxt = np.asarray(list(self.next_labels(prefix)), dtype=np.int64)
+                if nxt.size and (nxt.min() < 0 or nxt.max() >= self.C):
+                    raise ValueError(f"{self.name}: expected next_labels({prefix}) to give "
+                                     f"labels in 0..{self.C - 1}, got {nxt.tolist()}")
+                row = np.zeros(self.C, bool)
+                row[nxt] = True
+                mask[k] &= row
+        return mask
 
-
-def _lse(a, b):
-    if a < b:
-        a, b = b, a
-    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
-
-
-def _allowed_after(prefix, label_mask, words, next_labels, C, name):
-    """Boolean (C,) of the labels allowed after prefix, or None for all."""
-    allowed = None if label_mask is None else label_mask.copy()
-    if words is not None:
-        node = _trie_node(words, prefix)
-        m = np.zeros(C, bool)
-        m[[c for c in node if c != _END]] = True
-        allowed = m if allowed is None else allowed & m
-    if next_labels is not None:
-        nxt = np.asarray(list(next_labels(prefix)), dtype=np.int64)
-        if nxt.size and (nxt.min() < 0 or nxt.max() >= C):
-            raise ValueError(f"{name}: expected next_labels({prefix}) to give labels in "
-                             f"0..{C - 1}, got {nxt.tolist()}")
-        m = np.zeros(C, bool)
-        m[nxt] = True
-        allowed = m if allowed is None else allowed & m
-    return allowed
+    def _node(self, i, tree):
+        node = self.nodes.get(i)
+        if node is None:   # a prefix grows only along the lexicon, so its parent has a node
+            node = self.nodes[i] = self._node(tree.parent[i], tree)[tree.label[i]]
+        return node
 
 
 def _allowed_mask(name, allowed_labels, C, blank):
@@ -474,7 +514,8 @@ def _lengths_or_full(name, input_lengths, T, B):
 
 def _check_inputs(name, shape, targets, input_lengths, target_lengths, blank, reduction,
                   backend):
-    """(labels (B, S) padded with the blank, input_lengths, target_lengths), both int64 (B,)."""
+    """(labels (B, S) padded with the blank, input_lengths, target_lengths, blank): the
+    lengths int64 (B,), blank an int."""
     T, B, C = shape
     blank = _blank(name, blank, C)
     if reduction not in REDUCTIONS:
@@ -518,7 +559,7 @@ def _check_inputs(name, shape, targets, input_lengths, target_lengths, blank, re
                          f"{[tuple(w) for w in where.tolist()]}")
     labels = np.full((B, S), blank, np.int64)
     labels[inside] = values
-    return labels, input_lengths, target_lengths
+    return labels, input_lengths, target_lengths, blank
 
 
 def _frame_mask(T, input_lengths):
