@@ -113,7 +113,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys
 # ---------------------------------------------------------------------- caches
 @pytest.fixture
 def small_recipe():
-    from test_speech import SMALL as recipe, needs_mfcc, needs_tts  # noqa: F401
+    from test_speech import SMALL as recipe
     if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
         pytest.skip("espeak-ng and flite are not installed (make test installs them)")
     return recipe

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
@@ -80,13 +79,15 @@ def load(path):
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}   # reading each member checks its CRC
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 (zipfile raises many kinds on a damaged archive)
         reason = "it holds an object array" if "pickle" in str(e) else str(e)
         raise CheckpointError(f"checkpoint: {path} is truncated or corrupt ({reason})") from None
     if META not in arrays:
         raise CheckpointError(f"checkpoint: {path} has no {META} entry; not a bptt checkpoint")
     try:
         meta = json.loads(arrays.pop(META).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"checkpoint: {path} has unreadable metadata ({e})") from None
     return arrays, meta

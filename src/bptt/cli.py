@@ -109,6 +109,13 @@ def export_cmd(args):
 
 
 # ---------------------------------------------------------------------- the parser
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line that says where the help is."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _with_traceback(parser):
     """``--traceback`` on this (sub)command too, so it works anywhere on the line."""
     parser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
@@ -119,7 +126,7 @@ def _with_traceback(parser):
 def build_parser():
     from .apps import charlm, tasks
 
-    parser = argparse.ArgumentParser(prog="bptt", description="Train recurrent networks with "
+    parser = Parser(prog="bptt", description="Train recurrent networks with "
                                      "hand-written backpropagation through time.")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks on error")
     parser.add_argument("--version", action="version", version=f"bptt {__version__}")
