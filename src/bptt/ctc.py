@@ -15,7 +15,7 @@ backward variables of one sequence are
 .. math::
     \alpha_t(s) &= \log y_t(l'_s) + \log\big(e^{\alpha_{t-1}(s)} + e^{\alpha_{t-1}(s-1)}
                     + k_s\, e^{\alpha_{t-1}(s-2)}\big),
-        \quad \alpha_0(0) = \log y_0(\varnothing),\ \alpha_0(1) = \log y_0(l_1) \\
+        \quad \alpha_0(0) = \log y_0(\varnothing),\ \alpha_0(1) = \log y_0(l_1)\ (S_b > 0) \\
     \hat\beta_t(s) &= \log\big(e^{\beta_{t+1}(s)} + e^{\beta_{t+1}(s+1)}
                     + k_{s+2}\, e^{\beta_{t+1}(s+2)}\big),
         \quad \beta_t(s) = \log y_t(l'_s) + \hat\beta_t(s),
@@ -48,7 +48,9 @@ over the sequence's frames, as in torch, or both 0 with ``zero_infinity=True``.
 
 The recursions run over time in a loop and over the batch and the S' positions as arrays
 (``backend="numpy"``, the reference), or in C++ (``backend="native"``, ``bptt.native.ctc``, where
-it was built), which gives the same results up to rounding.
+it was built; ``"auto"`` picks it then), which gives the same results up to rounding: one
+sequence per thread, each cell's log-sum-exp vectorised over S' with exp and log polynomials
+of its own (within 2 ulp).
 """
 
 import math
