@@ -10,20 +10,20 @@ is ``linear_before_reset=0``; ONNX's equations are these two variants exactly.
 
 The graph (T and B are dynamic axes; one file runs at any length and batch size):
 
-==============  ===================================  ==============================================
-name            shape, type                          what
-==============  ===================================  ==============================================
-``x``           (T, B) int64                         token ids (a model with an ``embedding`` input)
-``x``           (T, B, D) float32                    features (``linear`` or ``identity`` input, a
+================  =================================  ==============================================
+name              shape, type                        what
+================  =================================  ==============================================
+``x``             (T, B) int64                       token ids (a model with an ``embedding`` input)
+``x``             (T, B, D) float32                  features (``linear`` or ``identity`` input, a
                                                      layer; (B, T, D) for a ``batch_first`` layer)
-``h0``, ``c0``  (num_layers*dirs, B, H) float32      initial state (``c0``: LSTM); absent with
+``h0``, ``c0``    (num_layers*dirs, B, H) float32    initial state (``c0``: LSTM); absent with
                                                      ``initial_state=False``: zeros
-``lengths``     (B,) int64, each in 1..T             only with ``lengths=True``: PyTorch's packed
+``lengths``       (B,) int64, each in 1..T           only with ``lengths=True``: PyTorch's packed
                                                      sequences, as ``forward(..., lengths)``
-``out``         (T, B, O) or (B, O) float32          the model's output (``step`` head: every step)
-``y``           (T, B, dirs*H) float32               a layer's output (zero past each length)
-``h_n``, ``c_n`` (num_layers*dirs, B, H) float32     final state (with lengths: each sequence's own)
-==============  ===================================  ==============================================
+``out``           (T, B, O) or (B, O) float32        the model's output (``step`` head: every step)
+``y``             (T, B, dirs*H) float32             a layer's output (zero past each length)
+``h_n``, ``c_n``  (num_layers*dirs, B, H) float32    final state (with lengths: each sequence's own)
+================  =================================  ==============================================
 
 Every input kind (``embedding``: a Gather; ``linear``: MatMul + Add; ``identity``) and every head
 is supported, with and without lengths: ``step`` (MatMul + Add on every step; with lengths the
