@@ -1,5 +1,6 @@
 """The supervised trainer: exact batch gradients, trimming, determinism, early stopping, errors."""
 
+import dataclasses
 import json
 import zlib
 
@@ -183,6 +184,23 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
     loaded, meta = load_model(tmp_path / "checkpoint.npz")
     assert meta["best_epoch"] == res.best_epoch
     assert np.array_equal(predict(loaded, flipped), predict(m, flipped))
+
+
+def test_an_early_stopped_run_resumed_trains_no_more_unless_patience_grows(tmp_path):
+    data, _ = ragged(7, n=24, classes=2)
+    flipped = SequenceData(data.x, 1 - data.y, data.lengths)
+    cfg = FitConfig(epochs=40, batch=8, lr=3e-2, patience=3, seed=2)
+    first = fit(model64("gru", "last", o=2), data, flipped, cfg, out_dir=tmp_path)
+    assert first.stop_reason.startswith("early stop")
+    m = model64("gru", "last", o=2)
+    again = fit(m, data, flipped, cfg, out_dir=tmp_path, resume=True)
+    assert again.history == first.history and again.stop_reason == first.stop_reason
+    best, _ = load_model(tmp_path)
+    assert all(np.array_equal(m.params[k], best.params[k]) for k in m.params)
+    more = fit(model64("gru", "last", o=2), data, flipped, dataclasses.replace(cfg, patience=5),
+               out_dir=tmp_path, resume=True)
+    assert more.history[:len(first.history)] == first.history
+    assert len(more.history) > len(first.history) and more.stop_reason.startswith("early stop")
 
 
 def test_select_loss_keeps_the_epoch_of_least_validation_loss():

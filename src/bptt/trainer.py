@@ -427,8 +427,9 @@ class Trainer:
         self.history = list(meta["history"])
         self.finished, self.stop_reason = meta["finished"], meta["stop_reason"]
         self._window.load_state_dict(meta["window"])
-        if self.finished:           # a larger budget continues a finished run
-            self.finished = self._budget_spent() is not None
+        if self.finished:           # a larger budget (or patience) continues a finished run
+            self.finished = (self._budget_spent() is not None or
+                             self.bad_evals >= (self.loop.patience or math.inf))
             self.stop_reason = self.stop_reason if self.finished else None
 
     # ------------------------------------------------------------------ the figure
