@@ -5,12 +5,17 @@ import dataclasses
 import gzip
 import importlib.util
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from bptt import checkpoint
 from bptt.apps import sentiment
 from bptt.cli import main
 from bptt.data import sentiment as sd
@@ -534,7 +539,7 @@ def test_train_member_starts_from_the_language_models(monkeypatch):
     (forward, backward), _ = _lms_and_classifier()
     x, lengths = pad_sequences([np.array([2, 3]), np.array([4, 5, 6])], np.int64)
     data = SequenceData(x, np.array([1, 0]), lengths)
-    monkeypatch.setattr(sentiment, "fit", lambda model, *a: None)     # the model as fit gets it
+    monkeypatch.setattr(sentiment, "fit", lambda model, *a, **kw: None)   # the model as fit gets it
     cfg = sentiment.SentimentConfig(embed=5, hidden=4, pretrain_lm=1)
     model, _ = sentiment.train_member(cfg, 0, vocab, data, data, None,
                                       language_models=(forward, backward))
@@ -588,8 +593,8 @@ def test_ensemble_shares_the_language_models_of_the_base_seed(monkeypatch):
     monkeypatch.setattr(sentiment, "pretrain_language_models", lambda cfg, seed, *a, **kw:
                         pretrained.append(seed) or pretrained.append(real_pretrain(
                             cfg, seed, *a, **kw)) or pretrained[-1])
-    monkeypatch.setattr(sentiment, "train_member", lambda *a: started.append(a[-1]) or
-                        real_member(*a))
+    monkeypatch.setattr(sentiment, "train_member", lambda *a, **kw: started.append(a[-1]) or
+                        real_member(*a, **kw))
     cfg = sentiment.SentimentConfig(embed=8, hidden=4, epochs=1, pretrain="none", pretrain_lm=1,
                                     ensemble=2, seed=3, baseline=False)
     report = sentiment.run(cfg, log=lambda *a: None)
@@ -710,3 +715,94 @@ def test_documented_fold_repeats():
 def test_rnn_is_within_two_points_of_the_baseline(documented_run):
     r = documented_run
     assert r["test_accuracy"] >= r["baseline_test_accuracy"] - 0.02
+
+
+# --- --config, kill and --resume ------------------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s"}
+KILLED = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import pytest
+import test_sentiment
+from bptt import trainer
+from bptt.cli import main
+test_sentiment.use_toy_corpus(pytest.MonkeyPatch())
+updates = 0
+train_step = trainer.Trainer.train_step
+def killing_step(self):
+    global updates
+    updates += 1
+    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self)
+trainer.Trainer.train_step = killing_step
+sys.exit(main({argv!r}))
+"""
+
+
+def run_killed(argv, after):
+    """``bptt argv`` on the toy corpus in a child process that SIGKILL ends just before its
+    update ``after + 1`` (counted over every model it trains)."""
+    code = KILLED.format(here=HERE, after=after, argv=[str(a) for a in argv])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_cross_validation_config_file_and_a_killed_run_resumed(tmp_path, capsys, monkeypatch):
+    """Three folds of two members each (word dropout on), killed in fold 1's second member
+    mid-epoch; --resume reads fold 0 back from its report, fold 1's first member from its
+    checkpoint, continues the second (its word-dropout masks too) and runs fold 2: every model,
+    metrics line and report as an uninterrupted run's. The options come from a TOML file."""
+    use_toy_corpus(monkeypatch)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "sentiment", "--embed", "8", "--hidden", "4", "--epochs", "3",
+                 "--pretrain", "none", "--ensemble", "2", "--folds", "3", "--no-baseline",
+                 "--checkpoint-every", "2", "--out", str(a)]) == 0
+    members = sorted(p.relative_to(a) for p in a.rglob("checkpoint.npz"))
+    assert [str(p.parent) for p in members] == [f"fold{j}/seed{s}" for j in range(3)
+                                                for s in range(2)]
+    steps = [checkpoint.load(a / p)[1]["step"] for p in members]
+    assert steps == [9] * 6                                    # 3 epochs of 3 batches
+    toml = tmp_path / "sentiment.toml"
+    toml.write_text('embed = 8\nhidden = 4\nepochs = 3\npretrain = "none"\nensemble = 2\n'
+                    'folds = 3\nbaseline = false\ncheckpoint-every = 2\nfold = "0-2"\n')
+    run_killed(["train", "sentiment", "--config", toml, "--out", b], after=3 * 9 + 5)
+    assert (b / "fold0" / "report.json").exists() and not (b / "fold1" / "report.json").exists()
+    assert checkpoint.load(b / "fold1" / "seed1" / "checkpoint.npz")[1]["data"]["epoch"] == 1
+    assert not (b / "fold2").exists()
+    capsys.readouterr()
+    assert main(["train", "sentiment", "--resume", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "fold 0: done before" in out and "seed 1: resuming" in out
+    assert sorted(p.relative_to(b) for p in b.rglob("checkpoint.npz")) == members
+    for rel in members:
+        (arrays_a, meta_a), (arrays_b, meta_b) = (checkpoint.load(run / rel) for run in (a, b))
+        assert meta_b["finished"] and meta_b["step"] == meta_a["step"]
+        assert set(arrays_a) == set(arrays_b)
+        for k in arrays_a:
+            if k.split("/")[0] in ("model", "best", "optim"):
+                assert np.array_equal(arrays_a[k], arrays_b[k]), (rel, k)
+        lines = [[{k: v for k, v in json.loads(s).items() if k not in TIMING}
+                  for s in (run / rel.parent / "metrics.jsonl").read_text().splitlines()]
+                 for run in (a, b)]
+        assert lines[0] == lines[1], rel
+    for j in range(3):
+        reports = [json.loads((run / f"fold{j}" / "report.json").read_text()) for run in (a, b)]
+        assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in reports] == [
+            {k: v for k, v in reports[0].items() if k != "train_seconds"}] * 2
+    assert (json.loads((a / "cv_report.json").read_text()) ==
+            json.loads((b / "cv_report.json").read_text()))
+    # what --resume and a second run refuse, in one line each
+    for argv, match in ((["--resume", b, "--hidden", 5], "--hidden 5 (the run has 4)"),
+                        (["--resume", b, "--out", a], "stays in its own directory")):
+        assert main(["train", "sentiment", *map(str, argv)]) == 1
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, err
+    (b / "fold2" / "report.json").unlink()            # fold 2 as if killed after its members
+    assert main(["train", "sentiment", "--config", str(toml), "--out", str(b)]) == 1
+    assert f"{b / 'fold2'}" in capsys.readouterr().err
+    assert main(["train", "sentiment", "--config", str(toml), "--fold", "0-1", "--out",
+                 str(b)]) == 0                        # folds done before are read back

