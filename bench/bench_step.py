@@ -2,13 +2,12 @@
 
     .venv/bin/python bench/bench_step.py [--threads N] [--repeats N] [--cells lstm,gru,rnn]
                                          [--sizes 100x32x128,1000x1x32] [--quick] [--memory]
-                                         [--backend all|numpy,numba,native] [--json PATH]
+                                         [--backend all|numpy,native] [--json PATH]
 
 Both libraries run in the same process with the same thread count; their runs are interleaved
 so that machine noise hits both. Reports medians, min and max in ms; ratio = bptt / torch.
-``--backend`` picks bptt's cells, one or several side by side: the NumPy reference, the compiled
-``bptt.kernels`` (numba) and ``bptt.native`` (C++, built at install); ``all`` (the default) is
-every one that imports here.
+``--backend`` picks bptt's cells, one or several side by side: the NumPy reference and ``bptt.native``
+(C++, built at install); ``all`` (the default) is every one that imports here.
 
 Inference also runs in onnxruntime where it is installed (``--no-onnx``: not): the same layer
 exported by ``bptt.export.to_onnx`` (zero initial state, as the others), one InferenceSession
@@ -40,7 +39,7 @@ CELLS = {"lstm": (bptt.LSTM, torch.nn.LSTM), "gru": (bptt.GRU, torch.nn.GRU),
          "rnn": (bptt.RNN, torch.nn.RNN)}  # RNN: tanh, the default of both
 SIZES = [(100, 32, 128), (100, 64, 256), (100, 128, 512), (1000, 16, 64), (1000, 1, 32)]
 MODES = ("train", "infer")
-BACKENDS = ("numpy", "numba", "native")
+BACKENDS = ("numpy", "native")
 
 
 def parse_args(argv=None):
@@ -54,8 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke test: 3 repeats, first size only")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS of one step")
     p.add_argument("--backend", default="all",
-                   help="bptt's cells, comma-separated: numpy (reference), numba (bptt.kernels), "
-                        "native (bptt.native); all: every one available")
+                   help="bptt's cells, comma-separated: numpy (reference), native "
+                        "(bptt.native); all: every one available")
     p.add_argument("--no-onnx", dest="onnx", action="store_false",
                    help="leave out the onnxruntime inference column")
     p.add_argument("--ort-spin", action="store_true",
@@ -93,7 +92,7 @@ def onnx_missing():
 def available_backends():
     """numpy, and each compiled backend whose package imports."""
     out = ["numpy"]
-    for name, package in (("numba", "bptt.kernels"), ("native", "bptt.native")):
+    for name, package in (("native", "bptt.native"),):
         try:
             __import__(package)
             out.append(name)
@@ -108,8 +107,6 @@ def libs(backends):
 
 def set_threads(n, backends=("numpy",)):
     """Same thread count for torch (OpenMP/MKL) and numpy's BLAS; keep the returned limiter."""
-    if "numba" in backends:
-        import bptt.kernels  # noqa: F401 (loads scipy's BLAS, which numba calls: limit it too)
     if "native" in backends:
         import bptt.native  # noqa: F401 (loads its OpenMP runtime: limit it too)
     torch.set_num_threads(n)
@@ -317,7 +314,7 @@ def environment(args):
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": f"{cpu} ({os.cpu_count()} logical CPUs)", "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "bptt": bptt.__version__,
-        "bptt backends": ", ".join(args.backends) + _numba_version(args.backends),
+        "bptt backends": ", ".join(args.backends),
         "OpenMP": "; ".join(f"{d['internal_api']} {d.get('version')} threads={d['num_threads']} "
                             f"({os.path.basename(d['filepath'])})"
                             for d in threadpoolctl.threadpool_info()
@@ -343,13 +340,6 @@ def _onnx_versions(args):
     return (f"{onnxruntime.__version__} (onnx {onnx.__version__}, opset {DEFAULT_OPSET}, "
             f"CPUExecutionProvider, intra_op_num_threads={args.threads}, "
             f"{'spinning' if args.ort_spin else 'no spinning'})")
-
-
-def _numba_version(backends):
-    if "numba" not in backends:
-        return ""
-    import numba
-    return f" (numba {numba.__version__})"
 
 
 def print_table(title, header, rows):

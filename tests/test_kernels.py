@@ -112,7 +112,7 @@ def test_fast_float32_stays_float32_and_close(backend, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fast_equals_reference_other_sizes(backend, variant, size):
-    """Sizes that take other code paths: numba's BLAS call (large products); the native loops'
+    """Sizes that take other code paths: the native loops'
     row blocks with remainders (B = 13, 9) and a partial last block of hidden units (H = 40,
     17, 1)."""
     (ref, *_), (got, *_) = both(backend, variant, np.float64, True, True, 0.7,

@@ -103,9 +103,10 @@ def diagnose_cmd(args):
 def export_cmd(args):
     from .export import export_run
 
-    path = export_run(args.run, args.onnx)
-    print(f"wrote {path}")
-    return path
+    paths = export_run(args.run, args.onnx)
+    for path in paths:          # an ensemble or cross-validation run: one file per model
+        print(f"wrote {path}")
+    return paths
 
 
 # ---------------------------------------------------------------------- the parser

@@ -77,7 +77,7 @@ class Seq2Seq:
     ``encoder_layers`` and ``decoder_layers`` (1-4, equal with the bridge); ``attention`` one of
     'dot', 'general', 'concat' (``attention_size``: concat's A, default H); ``dropout`` between
     stacked layers, as the layers have it; ``bos``, ``eos``: target ids that start and end the
-    decoder's output; ``backend`` the layers' ('numpy', 'native', 'numba', 'auto').
+    decoder's output; ``backend`` the layers' ('numpy', 'native', 'auto').
 
     ``params`` holds the live arrays of every part; ``config`` the constructor's arguments, so
     that ``Seq2Seq(**config)`` and ``load_state_dict`` rebuild a checkpoint.
