@@ -19,8 +19,6 @@
 #include <type_traits>
 #include <vector>
 
-#include <omp.h>
-
 namespace {
 
 // One call: the arrays of bptt.native.ctc.forward_backward, C-contiguous. Reals are float or
@@ -28,10 +26,10 @@ namespace {
 struct CtcArgs {
     const void* log_probs;          // (T, B, C)
     const void* probs;              // (T, B, C): exp(log_probs)
-    const int64_t* labels;          // (B, S): padded targets
+    const int64_t* labels;          // (B, S_max): padded targets
     const int64_t* input_lengths;   // (B,)
     const int64_t* target_lengths;  // (B,)
-    int64_t T, B, C, S, blank;
+    int64_t T, B, C, S_max, blank;
     void* nll;                      // (B,) out: -log p(l | x), inf when infeasible
     void* grad;                     // (T, B, C) out: y - gamma for t < T_b, 0 beyond, nan if inf
 };
@@ -144,14 +142,15 @@ void sequence(const CtcArgs& a, int64_t b, Scratch<R>& w) {
         return;
     }
 
-    // l' = blank, l_1, blank, ..., l_S, blank; log k_s = 0 for a label other than l'_{s-2},
-    // else -inf; k_next(s) = log k_{s+2}, the skip of the backward recursion
     // The rows are padded to n cells, a multiple of the vector width, so that every cell runs
     // in the vector loops (a row is often shorter than two vectors); the padding never emits.
     const int64_t n = (Sx + kLanes - 1) / kLanes * kLanes;
+
+    // l' = blank, l_1, blank, ..., l_S, blank; log k_s = 0 for a label other than l'_{s-2},
+    // else -inf; k_next(s) = log k_{s+2}, the skip of the backward recursion
     w.ext.resize(Sx);
     for (int64_t s = 0; s < Sx; ++s)
-        w.ext[s] = s % 2 ? a.labels[b * a.S + s / 2] : a.blank;
+        w.ext[s] = s % 2 ? a.labels[b * a.S_max + s / 2] : a.blank;
     const int64_t* ext = w.ext.data();
     w.k.assign(n, kNegInf<R>);
     w.k_next.assign(n, kNegInf<R>);
@@ -242,7 +241,6 @@ void forward_backward(const CtcArgs& a) {
 
 EXPORT void ctc_forward_backward_f32(const CtcArgs* a) { forward_backward<float>(*a); }
 EXPORT void ctc_forward_backward_f64(const CtcArgs* a) { forward_backward<double>(*a); }
-EXPORT int ctc_max_threads() { return omp_get_max_threads(); }
 
 // importable as a module (setuptools builds it as one); the entry points go through ctypes
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctc", nullptr, -1, nullptr,

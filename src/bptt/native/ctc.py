@@ -22,7 +22,7 @@ class _Args(ctypes.Structure):
                 ("labels", ctypes.c_void_p), ("input_lengths", ctypes.c_void_p),
                 ("target_lengths", ctypes.c_void_p),
                 ("T", ctypes.c_int64), ("B", ctypes.c_int64), ("C", ctypes.c_int64),
-                ("S", ctypes.c_int64), ("blank", ctypes.c_int64),
+                ("S_max", ctypes.c_int64), ("blank", ctypes.c_int64),
                 ("nll", ctypes.c_void_p), ("grad", ctypes.c_void_p)]
 
 
