@@ -43,12 +43,12 @@ def parse_args(argv=None):
                         "all: every one available")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
-    args.backends = (("numpy", "native") if ctc._native is not None else ("numpy",)) \
+    args.backends = (("numpy", "native") if ctc._native() is not None else ("numpy",)) \
         if args.backend == "all" else tuple(args.backend.split(","))
     unknown = set(args.backends) - {"numpy", "native"}
     if unknown:
         p.error(f"--backend: expected some of numpy, native or all, got {sorted(unknown)}")
-    if "native" in args.backends and ctc._native is None:
+    if "native" in args.backends and ctc._native() is None:
         p.error("--backend native: bptt.native._ctc was not built")
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return args

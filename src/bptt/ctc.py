@@ -58,15 +58,26 @@ import operator
 
 import numpy as np
 
-try:
-    from .native import ctc as _native
-except ImportError:  # the extension was not built: NumPy only
-    _native = None
-
 REDUCTIONS = ("none", "sum", "mean")
 BACKENDS = ("auto", "numpy", "native")
 # |sum_c exp(log_probs[t, b, c]) - 1| above this in a frame: not log-probabilities
 PROB_TOLERANCE = 1e-3
+
+
+_NATIVE = None  # bptt.native.ctc once imported; False where the extension was not built
+
+
+def _native():
+    """bptt.native.ctc, or None where it was not built. Imported on first use, as the layers
+    do: bptt.native loads its libraries when imported."""
+    global _NATIVE
+    if _NATIVE is None:
+        try:
+            from .native import ctc as module
+        except ImportError:
+            module = False
+        _NATIVE = module
+    return _NATIVE or None
 
 
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reduction="mean",
@@ -133,8 +144,9 @@ def ctc_loss_logits(logits, targets, input_lengths, target_lengths, blank=0, red
 
 def _forward_backward(lp, probs, labels, input_lengths, target_lengths, blank, backend):
     """(nll (B,), y - gamma (T, B, C) zero past each input length) on the chosen backend."""
-    if backend == "native" or (backend == "auto" and _native is not None):
-        return _native.forward_backward(lp, probs, labels, input_lengths, target_lengths, blank)
+    native = _native() if backend != "numpy" else None
+    if native is not None:
+        return native.forward_backward(lp, probs, labels, input_lengths, target_lengths, blank)
     return forward_backward_numpy(lp, probs, labels, input_lengths, target_lengths, blank)
 
 
@@ -525,7 +537,7 @@ def _check_inputs(name, shape, targets, input_lengths, target_lengths, blank, re
     if backend not in BACKENDS:
         raise ValueError(f"{name}: expected backend 'auto', 'numpy' or 'native', got "
                          f"{backend!r}")
-    if backend == "native" and _native is None:
+    if backend == "native" and _native() is None:
         raise ValueError(f"{name}: backend='native' needs the extension bptt.native._ctc, "
                          f"which was not built (or bptt.native did not import)")
     input_lengths = _lengths(name, "input_lengths", input_lengths, B, T, "T")
