@@ -260,10 +260,14 @@ class SupervisedObjective:
                 if record.get(k) is not None}
 
     def state_dict(self):
+        # data with a state of its own (a generator of masks) keeps it in the checkpoint too
+        own = self.train.state_dict() if hasattr(self.train, "state_dict") else None
         return {}, {"rng": self.order_rng.bit_generator.state, "epoch": self.epoch,
-                    "pos": self.pos, "epoch_rng": self.epoch_rng_state}
+                    "pos": self.pos, "epoch_rng": self.epoch_rng_state, "train": own}
 
     def load_state_dict(self, arrays, meta):
+        if meta.get("train") is not None:
+            self.train.load_state_dict(meta["train"])
         self.epoch, self.pos = meta["epoch"], meta["pos"]
         self.batches = None
         if self.pos:                         # mid-epoch: draw this epoch's batches again

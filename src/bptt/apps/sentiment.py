@@ -70,7 +70,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import checkpoint
 from ..checkpoint import write_text
 from ..config import ConfigError, absolute, add_options, merge, option, resume_options
 from ..data import sentiment as sd
@@ -78,7 +77,7 @@ from ..data.text import CharStream
 from ..model import CELLS, POOLED, Model
 from ..optim import OPTIMIZERS
 from ..supervised import SCHEDULES, FitConfig, SequenceData, fit, pad_sequences, predict
-from ..objectives import StreamObjective, SupervisedObjective, epoch_batches, evaluate_bpc
+from ..objectives import StreamObjective, evaluate_bpc
 from ..trainer import NONFINITE, LoopConfig, Trainer, load_run
 
 NAME = "sentiment"
@@ -228,22 +227,13 @@ class WordDropout(SequenceData):
         drop = (self.rng.random(x.shape) < self.p) & (x != 0)           # padding stays padding
         return np.where(drop, self.unk, x), lengths
 
-    def skip(self, position, cfg):
-        """Advance the masks' generator past every batch that ``fit`` with ``cfg`` (a FitConfig)
-        had taken at ``position`` (its objective's state in a checkpoint: epochs done, batches
-        into the next), so that a resumed run masks its next batch as an uninterrupted one
-        would: the checkpoint keeps the batch order's generator, not this one. The batches are
-        drawn again as ``SupervisedObjective`` draws them."""
-        order = np.random.default_rng(cfg.seed)
-        draws = 0
-        for epoch in range(position["epoch"] + (position["pos"] > 0)):
-            batches = epoch_batches(order, len(self), cfg.batch,
-                                    self.lengths if cfg.bucket else None,
-                                    SupervisedObjective.BUCKET_POOL)
-            if epoch == position["epoch"]:
-                batches = batches[:position["pos"]]
-            draws += sum(super(WordDropout, self).batch(idx)[0].size for idx in batches)
-        self.rng.bit_generator.advance(draws)        # one 64-bit draw per uniform double
+    def state_dict(self):
+        """The masks' generator, kept in the trainer's checkpoint (a resumed run masks its next
+        batch as an uninterrupted one would)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
 
 
 def prepare(cfg, fold=None):
@@ -414,9 +404,6 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
     fit_cfg = cfg.fit_config(seed, progress)
     if cfg.word_dropout:
         train = WordDropout(train, cfg.word_dropout, vocab.index[sd.UNK], [seed, 3])
-        path = None if out_dir is None else os.path.join(out_dir, "checkpoint.npz")
-        if resume and path is not None and os.path.exists(path):
-            train.skip(checkpoint.load(path)[1]["data"], fit_cfg)
     meta = {"app": {"name": NAME, "config": dataclasses.asdict(cfg)}}
     return model, fit(model, train, valid, fit_cfg, out_dir, resume=resume, meta=meta)
 
