@@ -391,6 +391,9 @@ class RecurrentLayer:
 
 
 BACKENDS = ("auto", "numpy", "native")
+DEFAULT_BACKEND = "numpy"   # what the applications' configurations use unless told otherwise
+BACKEND_HELP = ("the cells' time loops: numpy (the reference), native (C++, built at install) "
+                "or auto (native where built, numpy otherwise)")
 
 
 def check_backend(backend, who):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import (ConfigError, absolute, check_choice, option, positive_int,
                       resume_options)
-from ..layers import BACKENDS, check_backend
+from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, Model
 from ..objectives import StreamObjective, evaluate_bpc
 from ..trainer import NONFINITE, LoopConfig, Trainer, check_run, load_run, readable
@@ -69,8 +69,7 @@ class CharLMConfig:
                                "the update", choices=NONFINITE)
     seed: int = option(0, "seed for initialisation and dropout")
     dtype: str = option("float32", "floating-point type", choices=("float32", "float64"))
-    backend: str = option("numpy", "the cells' time loops: numpy (the reference), native (C++, "
-                          "built at install) or auto (native where built)", choices=BACKENDS)
+    backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=BACKENDS)
 
     def __post_init__(self):
         who = "train charlm"

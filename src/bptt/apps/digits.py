@@ -32,6 +32,7 @@ from ..checkpoint import write_text
 from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
                       resume_options)
 from ..data.speech import DIGITS, digit_features, synthesize_digits
+from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, POOLED, Model
 from ..supervised import (FitConfig, SequenceData, confusion_matrix, fit, pad_sequences,
                           predict)
@@ -69,6 +70,7 @@ class DigitsConfig:
     on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
                                "the update", choices=NONFINITE)
     seed: int = option(0, "seed of the initialisation and the batch order")
+    backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=BACKENDS)
     stack: int = option(2, "10 ms frames stacked into one step of the recurrence")
     flite_warps: tuple = option((1.1, 1.2, 1.3), "extra training copies of the flite voices, "
                                 "warped", cli=False)
@@ -77,6 +79,7 @@ class DigitsConfig:
     valid_voices: tuple = option(VALID_VOICES, "voices held out for validation", cli=False)
 
     def __post_init__(self):
+        check_backend(self.backend, "digits")
         check_choice("digits", "cell", self.cell, tuple(CELLS))
         check_choice("digits", "head", self.head, HEADS)
         both = set(self.test_voices) & set(self.valid_voices)
@@ -153,7 +156,8 @@ def run(cfg, out_dir=None, *, recipe=None, cache=None, figure=None, workers=2, p
     train, valid, test, test_utts = load_splits(cfg, recipe, cache, workers, progress)
     t_data = time.perf_counter() - t0
     model = Model(train.x.shape[2], cfg.hidden, len(DIGITS), cell=cfg.cell, input="identity",
-                  num_layers=cfg.layers, dropout=cfg.dropout, head=cfg.head, seed=cfg.seed)
+                  num_layers=cfg.layers, dropout=cfg.dropout, head=cfg.head, seed=cfg.seed,
+                  backend=cfg.backend)
     result = fit(model, train, valid, cfg.fit_config(progress), out_dir=out_dir, resume=resume,
                  meta={"app": {"name": NAME, "config": dataclasses.asdict(cfg)}})
     pred = predict(model, test).argmax(axis=1)

@@ -41,6 +41,7 @@ from ..checkpoint import write_text
 from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
                       resume_options)
 from ..data import timeseries as ts
+from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, Model
 from ..supervised import FitConfig, SequenceData, fit, predict
 from ..trainer import NONFINITE, load_run
@@ -108,9 +109,11 @@ class ForecastConfig:
     on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
                                "the update", choices=NONFINITE)
     seed: int = option(0, "initialisation and batch-order seed")
+    backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=BACKENDS)
     baseline: bool = option(True, "fit and score ARIMA too (seasonal naive is always reported)")
 
     def __post_init__(self):
+        check_backend(self.backend, "forecast")
         check_choice("forecast", "series", self.series, tuple(PRESETS))
         check_choice("forecast", "missing", self.missing, ts.MISSING_POLICIES)
         check_choice("forecast", "cell", self.cell, tuple(CELLS))
@@ -218,7 +221,7 @@ def run(cfg=None, out_dir=None, *, log=print, resume=False):
         f"{len(parts['test'][0])} (test = last {N - valid_end} steps, from {s.times[valid_end]})")
 
     model = Model(C, cfg.hidden, H, cell=cfg.cell, input="linear", num_layers=cfg.layers,
-                  head="last", seed=cfg.seed)
+                  head="last", seed=cfg.seed, backend=cfg.backend)
     app = {"name": NAME, "config": dataclasses.asdict(cfg), "data": data_identity(cfg)}
     t0 = time.perf_counter()
     result = fit(model, parts["train"][0], parts["valid"][0], cfg.fit_config(), out_dir,

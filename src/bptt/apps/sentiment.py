@@ -74,6 +74,7 @@ from ..checkpoint import write_text
 from ..config import ConfigError, absolute, add_options, merge, option, resume_options
 from ..data import sentiment as sd
 from ..data.text import CharStream
+from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, POOLED, Model
 from ..optim import OPTIMIZERS
 from ..supervised import SCHEDULES, FitConfig, SequenceData, fit, pad_sequences, predict
@@ -148,9 +149,11 @@ class SentimentConfig:
     on_nonfinite: str = option("stop", "a non-finite loss or gradient stops the run or skips "
                                "the update", choices=NONFINITE)
     seed: int = option(0, "initialisation and batch-order seed")
+    backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=BACKENDS)
     baseline: bool = option(True, "score the TF-IDF + logistic regression baseline too")
 
     def __post_init__(self):
+        check_backend(self.backend, "sentiment")
         self.check()
 
     def check(self):
@@ -393,7 +396,8 @@ def train_member(cfg, seed, vocab, train, valid, embeddings=None, out_dir=None, 
     ``out_dir`` is continued (a finished one read back); the checkpoint stores ``cfg``."""
     model = Model(vocab.size, cfg.hidden, 2, cell=cfg.cell, input="embedding",
                   embed_size=embed_size(cfg), num_layers=cfg.layers,
-                  bidirectional=cfg.bidirectional, dropout=cfg.dropout, head=cfg.head, seed=seed)
+                  bidirectional=cfg.bidirectional, dropout=cfg.dropout, head=cfg.head, seed=seed,
+                  backend=cfg.backend)
     E = model.params["embedding.weight"]
     if embeddings is not None:
         E[...] = embeddings
@@ -416,7 +420,8 @@ def token_stream(token_lists, vocab):
                           for t in token_lists])
 
 
-def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", seed=0):
+def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", seed=0,
+             backend="numpy"):
     """A one-layer word-level language model ``Model(V, hidden, V, head='step')`` trained on the
     id stream ``ids`` (N,) for ``epochs`` passes by the trainer with a ``StreamObjective``
     (TBPTT with k1 = k2 = ``LM['k1']``, in ``LM['batch']`` parallel streams; the state is carried
@@ -424,7 +429,7 @@ def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", see
     from ``embeddings`` (V, E): ``(model, losses)``, losses the mean training loss (nats per
     word) of each pass."""
     model = Model(vocab_size, hidden, vocab_size, cell=cell, input="embedding",
-                  embed_size=embeddings.shape[1], head="step", seed=seed)
+                  embed_size=embeddings.shape[1], head="step", seed=seed, backend=backend)
     model.params["embedding.weight"][...] = embeddings
     stream = CharStream(ids, LM["batch"], LM["k1"])
     loop = LoopConfig(optimizer="adam", lr=LM["lr"], clip=LM["clip"], epochs=epochs)
@@ -447,6 +452,7 @@ def pretrain_language_models(cfg, seed, vocab, texts, embeddings, valid_texts=No
         t0 = time.perf_counter()
         model, losses = train_lm(ids[::-1].copy() if d else ids, vocab.size, embeddings,
                                  cfg.pretrain_lm, hidden=cfg.hidden, cell=cfg.cell,
+                                 backend=cfg.backend,
                                  seed=[seed, 4 + d])
         moved = np.linalg.norm(model.params["embedding.weight"] - embeddings)
         line = (f"{name} language model, seed {seed}: {len(ids):,} tokens, {cfg.pretrain_lm} "

@@ -29,7 +29,7 @@ import numpy as np
 from .. import diagnostics
 from ..config import check_choice, option, positive_int, resume_options
 from ..data.tasks import TASKS, Task
-from ..layers import BACKENDS, check_backend
+from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import Model
 from ..objectives import TaskObjective
 from ..trainer import CLOCKS, NONFINITE, LoopConfig, Trainer, load_run, readable
@@ -77,8 +77,7 @@ class TaskConfig:
                                "diverged) or skips the update", choices=NONFINITE)
     seed: int = option(0, "seed of the model, the training batches and the test set")
     dtype: str = option("float32", "floating-point type", choices=("float32", "float64"))
-    backend: str = option("numpy", "the cells' time loops: numpy (the reference), native (C++) "
-                          "or auto (native where built)", choices=BACKENDS)
+    backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=BACKENDS)
 
     def __post_init__(self):
         who = "task"

@@ -30,6 +30,7 @@ from ..checkpoint import write_text
 from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
                       resume_options)
 from ..data.speech import VOWEL_SPEAKERS, load_japanese_vowels
+from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, POOLED, Model
 from ..supervised import FitConfig, SequenceData, accuracy, fit, pad_sequences, predict
 from ..trainer import NONFINITE, load_run
@@ -64,8 +65,10 @@ class VowelsConfig:
                                "the update", choices=NONFINITE)
     valid_per_speaker: int = option(5, "validation utterances per speaker", cli=False)
     seed: int = option(0, "seed of the validation split, the initialisation and the batch order")
+    backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=BACKENDS)
 
     def __post_init__(self):
+        check_backend(self.backend, "vowels")
         check_choice("vowels", "cell", self.cell, tuple(CELLS))
         check_choice("vowels", "head", self.head, HEADS)
         if isinstance(self.valid_per_speaker, bool) or not isinstance(self.valid_per_speaker, int) \
@@ -103,7 +106,7 @@ def load_splits(cfg):
 def build_model(cfg, input_size=12):
     return Model(input_size, cfg.hidden, VOWEL_SPEAKERS, cell=cfg.cell, input="identity",
                  num_layers=cfg.layers, bidirectional=cfg.bidirectional, head=cfg.head,
-                 seed=cfg.seed)
+                 seed=cfg.seed, backend=cfg.backend)
 
 
 def run(cfg, out_dir=None, progress=False, *, resume=False, app=None):
