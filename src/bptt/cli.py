@@ -1,12 +1,14 @@
 """The ``bptt`` command: a thin layer over the library, one function per subcommand.
 
-    bptt train charlm|vowels|digits|forecast|sentiment [options] [--out DIR] [--config FILE]
+    bptt train charlm|vowels|digits|forecast|sentiment|speech [options] [--out DIR]
+               [--config FILE]
     bptt train APP --resume DIR [budget options]
     bptt sample DIR [--length N] [--temperature T] [--prime TEXT]
     bptt eval DIR [--data PATH]
     bptt task adding|copy|order [options] [--out DIR] [--resume DIR]
     bptt diagnose DIR
     bptt export DIR --onnx FILE
+    bptt transcribe DIR FILE.wav... [--beam K] [--posteriors PNG]
 
 Each application owns its configuration dataclass (``bptt.apps``); the options of its subcommand
 are built from it (``bptt.config``): field, type, default, help. ``--config FILE.toml`` reads the
@@ -147,8 +149,8 @@ def build_parser():
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--config", metavar="FILE", help="read options from a TOML file")
     p.set_defaults(func=train_charlm)
-    from .apps import digits, forecast, sentiment, vowels
-    for app in (vowels, digits, forecast, sentiment):
+    from .apps import digits, forecast, sentiment, speech, vowels
+    for app in (vowels, digits, forecast, sentiment, speech):
         _with_traceback(app.add_parser(apps))
 
     smp = _with_traceback(sub.add_parser(
@@ -204,6 +206,9 @@ def build_parser():
     exp.add_argument("run", metavar="RUN_DIR", help="a run directory of `bptt train` or `task`")
     exp.add_argument("--onnx", metavar="FILE", required=True, help="the ONNX file to write")
     exp.set_defaults(func=export_cmd)
+
+    # ---- speech (bptt train speech): transcribe WAV files with a run
+    _with_traceback(speech.add_transcribe_parser(sub))
     return parser
 
 
