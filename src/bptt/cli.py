@@ -9,6 +9,7 @@
     bptt diagnose DIR
     bptt export DIR --onnx FILE
     bptt transcribe DIR FILE.wav... [--beam K] [--posteriors PNG]
+    bptt g2p DIR WORD... [--beam K] [--nbest N] [--heatmap PNG]
 
 Each application owns its configuration dataclass (``bptt.apps``); the options of its subcommand
 are built from it (``bptt.config``): field, type, default, help. ``--config FILE.toml`` reads the
@@ -152,6 +153,8 @@ def build_parser():
     from .apps import digits, forecast, sentiment, speech, vowels
     for app in (vowels, digits, forecast, sentiment, speech):
         _with_traceback(app.add_parser(apps))
+    from .apps import g2p                        # ---- g2p: bptt train g2p
+    _with_traceback(g2p.add_parser(apps))
 
     smp = _with_traceback(sub.add_parser(
         "sample", help="generate text from a trained char-LM",
@@ -209,6 +212,9 @@ def build_parser():
 
     # ---- speech (bptt train speech): transcribe WAV files with a run
     _with_traceback(speech.add_transcribe_parser(sub))
+
+    # ---- g2p: bptt g2p RUN_DIR WORD... (pronounce words with a run of bptt train g2p)
+    _with_traceback(g2p.add_command(sub))
     return parser
 
 
