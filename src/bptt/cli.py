@@ -218,11 +218,21 @@ def build_parser():
     return parser
 
 
+def _rank_output():
+    """Under torchrun only rank 0 prints results (every rank still prints its errors)."""
+    import contextlib
+
+    if os.environ.get("WORLD_SIZE") is None or os.environ.get("RANK", "0") == "0":
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(open(os.devnull, "w"))
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with _rank_output():
+            args.func(args)
     except (ConfigError, checkpoint.CheckpointError, ValueError, TypeError, OSError,
             ImportError, ArithmeticError) as e:
         if args.traceback:

@@ -10,6 +10,15 @@
 
 Each keeps its data position and its random generators, and gives them to the trainer's
 checkpoint (``state_dict``), so that a resumed run draws exactly the batches it would have drawn.
+
+Data-parallel runs (``bptt.distributed``): the trainer calls ``shard(rank, world, all_sum)`` on
+every rank, and each objective then computes its rank's part of every global batch, the one a
+single process would have drawn: the stream its B/world columns (streams), a task and a supervised
+set their slice of each batch drawn whole from the same seeded generator on every rank. ``weight``
+is the number of examples (streams, sequences) the rank's loss averages over, so that the trainer's
+weighted all-reduce gives the global batch's mean. A stream's carried state is the one state held
+per rank: ``gather_state`` puts the ranks' columns back together for the checkpoint, which is
+therefore the single process's, whatever the world size.
 """
 
 import copy
@@ -37,6 +46,18 @@ class StreamObjective:
         self.tbptt = TBPTT(model, self.k1, self.k1 if k2 is None else k2)
         self.state = self.tbptt.start()
         self.steps_per_epoch = stream.batches_per_epoch
+        self.columns = slice(None)          # the streams this rank trains on (all: one process)
+        self.rank, self.world, self.all_sum = 0, 1, None
+
+    def shard(self, rank, world, all_sum=None):
+        """Train on streams [rank B/world, (rank + 1) B/world) of the B; evaluate on this rank's
+        share of the validation streams, summed over ranks by ``all_sum``."""
+        B = self.stream.batch_size
+        if B % world:
+            raise ValueError(f"a batch of {B} streams does not split evenly over {world} "
+                             f"processes; choose a batch that is a multiple of the world size")
+        self.columns = slice(rank * B // world, (rank + 1) * B // world)
+        self.rank, self.world, self.all_sum = rank, world, all_sum
 
     @property
     def epoch(self):
@@ -46,22 +67,26 @@ class StreamObjective:
         batch = next(self.stream)
         if batch.starts_epoch:                           # an explicit reset at each new pass
             self.state = self.tbptt.start()
+        x, y = batch.x[:, self.columns], batch.y[:, self.columns]     # (k1, B / world)
         losses = []
 
         def dlogits(logits):                             # the loss on the k1 new steps
-            loss, d = softmax_cross_entropy(logits, batch.y)
+            loss, d = softmax_cross_entropy(logits, y)
             losses.append(loss)
             return d
 
-        self.state, _, grads = self.tbptt.step(self.state, batch.x, dlogits, training=True,
-                                               rng=rng)
-        return losses[0], grads, 1.0, {}
+        self.state, _, grads = self.tbptt.step(self.state, x, dlogits, training=True, rng=rng)
+        return losses[0], grads, x.shape[1], {}
 
     def evaluate(self, model):
         if self.valid_ids is None:
             return {}
-        return {"valid_bpc": evaluate_bpc(model, self.valid_ids, self.stream.batch_size,
-                                          self.k1, self.eval_chars)}
+        if self.all_sum is None:
+            return {"valid_bpc": evaluate_bpc(model, self.valid_ids, self.stream.batch_size,
+                                              self.k1, self.eval_chars)}
+        total, count = self.all_sum(bpc_sums(model, self.valid_ids, self.stream.batch_size,
+                                             self.k1, self.eval_chars, self.rank, self.world))
+        return {"valid_bpc": total / count / LN2}
 
     @staticmethod
     def better(new, best):
@@ -99,8 +124,16 @@ class StreamObjective:
             arrays["tail"] = s.tail
         return arrays, {"stream": self.stream.state_dict(), "t": s.t, "parts": parts}
 
+    @staticmethod
+    def gather_state(rank_arrays):
+        """The arrays of every rank's ``state_dict`` (in rank order) as one process's: the
+        streams' columns side by side (axis 1 of the states (L, B, H) and of the tail (n, B))."""
+        return {k: np.concatenate([a[k] for a in rank_arrays], axis=1) for k in rank_arrays[0]}
+
     def load_state_dict(self, arrays, meta):
+        """Continue from a checkpoint's arrays over all B streams (this rank takes its own)."""
         self.stream.load_state_dict(meta["stream"])
+        arrays = {k: v[:, self.columns] for k, v in arrays.items()}
         h = _get_state(arrays, "h", meta["parts"]["h"])
         h_n = _get_state(arrays, "h_n", meta["parts"]["h_n"])
         self.state = type(self.state)(meta["t"], h, arrays.get("tail"), h_n)
@@ -128,11 +161,24 @@ class TaskObjective:
         self.solved_step = self.solved_elapsed = None
         self.diag_seconds = 0.0
         self.epoch = 0                      # fresh data: no passes
+        self.columns = slice(None)          # this rank's sequences of each batch (all: one)
+
+    def shard(self, rank, world, all_sum=None):
+        """Draw every batch whole (the same generator on every rank) and train on this rank's
+        contiguous part of it (sizes differ by one at most)."""
+        from .distributed import shard_bounds
+
+        if self.batch < world:
+            raise ValueError(f"a batch of {self.batch} sequences cannot give each of {world} "
+                             f"processes one; choose a batch of at least the world size")
+        self.columns = slice(*shard_bounds(self.batch, rank, world))
 
     def step(self, model, rng):
         from . import diagnostics
 
         x, y = self.task.sample(self.batch, self.data_rng)
+        x = x[:, self.columns]
+        y = y[:, self.columns] if self.task.head == "step" else y[self.columns]
         diagnose = bool(self.diagnose_every) and self.drawn % self.diagnose_every == 0
         self.drawn += 1
         info = {}
@@ -145,7 +191,7 @@ class TaskObjective:
                 info["excluded_s"] = self.clock() - t0
                 self.diag_seconds += info["excluded_s"]
             _, _, grads = model.backward(dout, tape)
-        return loss, grads, 1.0, info
+        return loss, grads, x.shape[1], info
 
     def evaluate(self, model):
         task, x, y = self.task, self.test_x, self.test_y
@@ -206,6 +252,13 @@ class SupervisedObjective:
         self.batches = None                 # this epoch's batches, drawn at its start
         self.epoch_rng_state = None         # order_rng's state before they were drawn
         self.steps_per_epoch = math.ceil(len(train) / batch)
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank, world, all_sum=None):
+        """Take each global batch whole (the same order on every rank, the data's own generator
+        advanced as one process would) and train on this rank's contiguous part of it; the last,
+        short batch of an epoch may leave a rank none (weight 0, zero gradients)."""
+        self.rank, self.world = rank, world
 
     plot_spec = {"x": "epoch", "lines": [("train_loss", "training loss"),
                                          ("valid_loss", "validation loss")], "log": True}
@@ -224,9 +277,20 @@ class SupervisedObjective:
         if self.pos == len(self.batches):
             self.epoch, self.pos, self.batches = self.epoch + 1, 0, None
         x, lengths = self.train.batch(idx)
-        value, grads = loss_and_grads(model, x, self.train.y[idx], lengths, loss=self.loss,
-                                      training=True, rng=rng)
-        return value, grads, len(idx), {}
+        y = self.train.y[idx]
+        if self.world > 1:                   # this rank's part, cut to its longest sequence
+            from .distributed import shard_bounds
+
+            part = slice(*shard_bounds(len(idx), self.rank, self.world))
+            x, y = x[:, part], y[part]
+            if lengths is not None:
+                lengths = lengths[part]
+                x = x[:int(lengths.max(initial=0))]
+            if y.shape[0] == 0:
+                return 0.0, zero_grads(model), 0, {}
+        value, grads = loss_and_grads(model, x, y, lengths, loss=self.loss, training=True,
+                                      rng=rng)
+        return value, grads, len(y), {}
 
     def evaluate(self, model):
         if self.valid is None:
@@ -276,6 +340,21 @@ class SupervisedObjective:
         self.order_rng.bit_generator.state = meta["rng"]
 
 
+def rank_share(idx, rank, world):
+    """Rank ``rank``'s contiguous part of a global batch's indices ``idx`` (all with world 1):
+    for objectives whose data has no state of its own, so a rank can take only its part."""
+    if world == 1:
+        return idx
+    from .distributed import shard_bounds
+
+    return idx[slice(*shard_bounds(len(idx), rank, world))]
+
+
+def zero_grads(model):
+    """The gradient of a rank with no examples in this batch (its weight is 0)."""
+    return {k: np.zeros_like(v) for k, v in model.params.items()}
+
+
 def epoch_batches(rng, n, batch, lengths=None, pool=50):
     """One epoch's batches of indices: a random order cut into batches; with ``lengths``, each
     run of ``pool`` batches of that order is sorted by length before it is cut, and the batches
@@ -311,7 +390,15 @@ def batch_loss(loss, out, y):
 def evaluate_bpc(model, ids, batch, seq_len, max_chars=None):
     """Bits per character of a language model over ``ids``, read as ``batch`` parallel streams
     with the state carried from chunk to chunk (as in training), forward only."""
+    total, count = bpc_sums(model, ids, batch, seq_len, max_chars)
+    return total / count / LN2
+
+
+def bpc_sums(model, ids, batch, seq_len, max_chars=None, rank=0, world=1):
+    """``(summed cross-entropy in nats, characters)`` of ``evaluate_bpc``'s streams that rank
+    ``rank`` of ``world`` reads (a contiguous share of them; all with world 1)."""
     from .data.text import CharStream
+    from .distributed import shard_bounds
 
     ids = np.asarray(ids)
     if max_chars is not None:
@@ -319,13 +406,17 @@ def evaluate_bpc(model, ids, batch, seq_len, max_chars=None):
     batch = max(1, min(batch, (len(ids) - 1) // 2))
     seq_len = max(1, min(seq_len, len(ids) // batch - 1))
     stream = CharStream(ids, batch, seq_len)
+    columns = slice(*shard_bounds(batch, rank, world))
     state, total, count = None, 0.0, 0
+    if columns.start == columns.stop:
+        return total, count
     for k in range(stream.batches_per_epoch):
         x, y, _ = stream.batch_at(k)
+        x, y = x[:, columns], y[:, columns]
         logits, state, _ = model.forward(x, state, tape=False)
         loss, _ = softmax_cross_entropy(logits, y, reduction="sum")
         total, count = total + loss, count + y.size
-    return total / count / LN2
+    return total, count
 
 
 def _put_state(arrays, name, value):

@@ -32,9 +32,22 @@ record and the history. It is written before the first update, every ``checkpoin
 updates (and after every evaluation when that is None) and at the end; ``metrics.jsonl`` gets one
 line per log or evaluation point, and on resume it is cut back to the checkpoint's step, so a
 resumed run's files read as if it had never stopped.
+
+Data-parallel runs (``torchrun``; ``bptt.distributed``, docs/distributed.md): with a ``comm``
+(by default taken from the environment torchrun sets; None without it) every rank runs this same
+loop. The objective takes its share of every global batch (``objective.shard``); rank 0's
+parameters are broadcast when the run starts; the gradients are averaged over the ranks, weighted
+by their examples, right after ``objective.step`` and before the non-finite check, the clipping and
+the optimizer, so every rank takes the same update; their parameters are compared every
+``comm.check_every`` updates. Every rank evaluates (the stream: its share) and takes rank 0's
+metrics, and a time budget counts the slowest rank's time, so that all take the same decisions.
+Only rank 0 writes files, shows the progress bar and calls ``on_record``; the checkpoint holds the
+objective's state gathered from every rank (a stream's carried state over all B streams) and each
+rank's dropout generator.
 """
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -44,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .clip import ClipLog, clip_grad_norm, clip_grad_value
 from .optim import Schedule, build_optimizer
 
@@ -149,10 +162,12 @@ class Trainer:
     """Trains ``model`` on ``objective`` as ``loop`` (a LoopConfig) says; writes into ``out_dir``
     (None: no files). ``meta`` is stored in every checkpoint (the application's configuration,
     its data's identity). ``rng`` draws dropout masks (default: ``default_rng([seed, 1])``).
-    ``on_record`` is called with every metrics record (for a command's printout)."""
+    ``on_record`` is called with every metrics record (for a command's printout). ``comm``: a
+    ``bptt.distributed.Comm`` for data-parallel training (None: torchrun's, where it launched
+    this process; else one process); the objective is sharded here."""
 
     def __init__(self, model, objective, loop, out_dir=None, *, seed=0, rng=None, meta=None,
-                 on_record=None):
+                 on_record=None, comm=None):
         if not isinstance(loop, LoopConfig):
             raise TypeError(f"trainer: expected loop a LoopConfig, got {type(loop).__name__}")
         unknown = sorted(set(loop.freeze) - set(model.params))
@@ -168,6 +183,16 @@ class Trainer:
         self.optimizer = build_optimizer(loop.optimizer, self.trained, lr=loop.lr, **options)
         self.schedule = loop.build_schedule(getattr(objective, "steps_per_epoch", None))
         self.rng = np.random.default_rng([seed, 1]) if rng is None else rng
+        # ---- data parallel: this rank's share of every batch and its own dropout masks
+        self.comm = distributed.from_env() if comm is None else comm
+        self.main = self.comm is None or self.comm.is_main     # the rank that writes
+        if self.comm is not None:
+            if not hasattr(objective, "shard"):
+                raise TypeError(f"trainer: {type(objective).__name__} cannot be split across "
+                                f"processes (it has no shard method)")
+            objective.shard(self.comm.rank, self.comm.world, self.comm.sum)
+            if self.comm.rank:
+                self.rng = _rank_rng(self.rng, self.comm.rank)
         self.clock = CLOCKS[loop.clock]
         self.clip_log = ClipLog()
         self.step = 0
@@ -193,6 +218,8 @@ class Trainer:
         loss, grads, weight, info = self.objective.step(self.model, self.rng)
         self._pending_logs = info.get("logs")
         grads = {k: grads[k] for k in self.trained}       # frozen: no step, no clipping share
+        if self.comm is not None:           # the global batch's mean: every rank steps alike
+            loss, grads, weight = self.comm.average(loss, grads, weight)
         norm = _global_norm(grads)
         bad = None if math.isfinite(loss) else "the loss"
         if bad is None and not math.isfinite(norm):
@@ -222,16 +249,25 @@ class Trainer:
         """Train until a budget is spent, early stopping or the objective stops it; return
         why. The model ends holding the best evaluation's parameters with ``keep_best``."""
         loop = self.loop
+        comm = self.comm
+        if comm is not None:                # every rank from rank 0's parameters
+            comm.broadcast_params(self.model.params)
         if self.out_dir is not None:
-            os.makedirs(self.out_dir, exist_ok=True)
-            self._cut_logs()
-            if self.step == 0 and not os.path.exists(self.checkpoint_path):
+            if self.main:
+                os.makedirs(self.out_dir, exist_ok=True)
+                self._cut_logs()
+            first = self.step == 0 and not os.path.exists(self.checkpoint_path)
+            if comm is not None:
+                first = comm.broadcast_object(first)
+            if first:
                 self.save()                                 # a kill before any update resumes
         bar = self._progress_bar()
         last_epoch = self.objective.epoch
         reason = self.stop_reason if self.finished else None
         try:
             while reason is None:
+                if comm is not None and loop.minutes is not None:
+                    self.elapsed = comm.max(self.elapsed)   # the slowest rank's time
                 reason = self._budget_spent()
                 if reason is not None:
                     break
@@ -243,6 +279,8 @@ class Trainer:
                     self._write_side_logs(self._pending_logs)
                     break
                 self._write_side_logs(self._pending_logs)
+                if comm is not None and self.step % comm.check_every == 0:
+                    comm.check_params(self.model.params, self.step)
                 epoch_ended = self.objective.epoch > last_epoch
                 last_epoch = self.objective.epoch
                 record = None
@@ -274,7 +312,8 @@ class Trainer:
         if self.out_dir is not None:
             if not self.nonfinite:        # the last checkpoint stays the last good state
                 self.save()
-            self.plot()
+            if self.main:
+                self.plot()
         if loop.keep_best and self.best_params is not None:
             for k, v in self.best_params.items():
                 self.model.params[k][...] = v
@@ -307,6 +346,8 @@ class Trainer:
 
     def _evaluate(self, record):
         metrics = self.objective.evaluate(self.model)
+        if self.comm is not None:           # rank 0's: every rank takes the same decisions
+            metrics = self.comm.broadcast_object(metrics)
         record.update(metrics)
         if self.objective.better(metrics, self.best):
             self.best, self.best_step, self.bad_evals = metrics, self.step, 0
@@ -326,13 +367,13 @@ class Trainer:
             self.objective.annotate(record)
         record = _json_safe(record)
         self.history.append(record)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.main:
             _append(os.path.join(self.out_dir, "metrics.jsonl"), record)
-        if self.on_record is not None:
+        if self.on_record is not None and self.main:
             self.on_record(record)
 
     def _write_side_logs(self, logs):
-        if not logs or self.out_dir is None:
+        if not logs or self.out_dir is None or not self.main:
             return
         for name, rec in logs.items():
             _append(os.path.join(self.out_dir, f"{name}.jsonl"), {"step": self.step - 1, **rec})
@@ -353,7 +394,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ progress
     def _progress_bar(self):
-        if not self.loop.progress:
+        if not self.loop.progress or not self.main:
             return None
         try:
             from tqdm import tqdm
@@ -381,12 +422,23 @@ class Trainer:
         return os.path.join(self.out_dir, "checkpoint.npz")
 
     def save(self):
+        """Write the checkpoint (with a comm: every rank calls it, rank 0 writes)."""
+        data_arrays, data_meta = self.objective.state_dict()
+        ranks = None
+        if self.comm is not None:           # the per-rank state: dropout masks, stream columns
+            per_rank = hasattr(self.objective, "gather_state")
+            shards = self.comm.gather_objects((self.rng.bit_generator.state,
+                                               data_arrays if per_rank else None))
+            if not self.main:
+                return
+            ranks = {"world": self.comm.world, "rng": [rng for rng, _ in shards]}
+            if per_rank:
+                data_arrays = self.objective.gather_state([a for _, a in shards])
         arrays = {f"model/{k}": v for k, v in self.model.params.items()}
         if self.best_params is not None:
             arrays.update({f"best/{k}": v for k, v in self.best_params.items()})
         opt = self.optimizer.state_dict()
         arrays.update({f"optim/{k}": v for k, v in opt.items() if isinstance(v, np.ndarray)})
-        data_arrays, data_meta = self.objective.state_dict()
         arrays.update({f"data/{k}": v for k, v in data_arrays.items()})
         meta = {
             **self.meta, "format": FORMAT, "loop": _json_safe(dataclasses.asdict(self.loop)),
@@ -398,6 +450,8 @@ class Trainer:
             "finished": self.finished, "stop_reason": self.stop_reason,
             "window": self._window.state_dict(),
         }
+        if ranks is not None:
+            meta["ranks"] = ranks
         try:
             checkpoint.save(self.checkpoint_path, arrays, meta)
         except OSError as e:
@@ -420,6 +474,12 @@ class Trainer:
         self.optimizer.load_state_dict(opt)
         self.objective.load_state_dict(_prefixed(arrays, "data/"), meta["data"])
         self.rng.bit_generator.state = meta["rng"]
+        if self.comm is not None and self.comm.rank:    # this rank's own dropout generator
+            ranks = meta.get("ranks") or {"world": 1}
+            if ranks["world"] == self.comm.world:
+                self.rng.bit_generator.state = ranks["rng"][self.comm.rank]
+            else:                           # another world size: a fresh one, from rank 0's
+                self.rng = _rank_rng(self.rng, self.comm.rank, meta["step"])
         self.clip_log.load_state_dict(meta["clip_log"])
         self.step, self.elapsed = meta["step"], meta["elapsed_s"]
         self.best, self.best_step = meta["best"], meta["best_step"]
@@ -547,6 +607,12 @@ def _append(path, record):
     except OSError as e:
         raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); the last "
                       f"checkpoint is intact: continue with --resume") from None
+
+
+def _rank_rng(rng, rank, step=0):
+    """Rank ``rank``'s dropout generator (rank > 0), derived from rank 0's ``rng`` at ``step``
+    without advancing it."""
+    return np.random.default_rng([int(copy.deepcopy(rng).integers(2**63)), rank, step])
 
 
 def _global_norm(grads):

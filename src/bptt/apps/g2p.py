@@ -51,7 +51,7 @@ from ..config import (ConfigError, absolute, add_options, check_choice, merge, o
 from ..data.g2p import (GRAPHEMES, Symbols, cmudict_path, load_cmudict, phone_set,
                         spelling, split_words)
 from ..layers import BACKEND_HELP, BACKENDS, check_backend
-from ..objectives import epoch_batches
+from ..objectives import epoch_batches, rank_share, zero_grads
 from ..seq2seq import CELLS, Seq2Seq, pad, sequence_loss
 from ..trainer import NONFINITE, LoopConfig, Trainer, check_run, load_run, readable
 
@@ -273,6 +273,12 @@ class Seq2SeqObjective:
         self.batches = self.epoch_rng_state = None
         self.steps_per_epoch = math.ceil(len(sources) / batch)
         self.cpu_s = self.eval_s = self.eval_cpu_s = 0.0
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank, world, all_sum=None):
+        """Data parallel: train on this rank's contiguous part of each global batch (the same
+        order on every rank); the weight, its target steps, makes the average exact."""
+        self.rank, self.world = rank, world
 
     def _draw(self):
         self.epoch_rng_state = copy.deepcopy(self.order_rng.bit_generator.state)
@@ -287,6 +293,10 @@ class Seq2SeqObjective:
         self.pos += 1
         if self.pos == len(self.batches):
             self.epoch, self.pos, self.batches = self.epoch + 1, 0, None
+        idx = rank_share(idx, self.rank, self.world)
+        if not len(idx):
+            self.cpu_s += time.process_time() - c0
+            return 0.0, zero_grads(model), 0, {}
         src, src_lengths = pad([self.sources[i] for i in idx], self.pad_id)
         tgt_in, tgt_out, tgt_lengths = model.targets([self.targets[i] for i in idx])
         logits, tape = model.forward(src, tgt_in, src_lengths, training=True, rng=rng)

@@ -48,7 +48,7 @@ from ..config import (ConfigError, absolute, add_options, check_choice, merge, o
                       positive_int, resume_options)
 from ..ctc import ctc_beam_search, ctc_greedy_decode, ctc_loss_logits
 from ..model import CELLS, Model
-from ..objectives import SupervisedObjective
+from ..objectives import SupervisedObjective, rank_share, zero_grads
 from ..supervised import pad_sequences
 from ..trainer import NONFINITE, LoopConfig, Trainer, load_run, readable
 from .digits import TEST_VOICES, VALID_VOICES, split_by_voice, stack_frames
@@ -360,6 +360,9 @@ class CTCObjective(SupervisedObjective):
         self.pos += 1
         if self.pos == len(self.batches):
             self.epoch, self.pos, self.batches = self.epoch + 1, 0, None
+        idx = rank_share(idx, self.rank, self.world)        # data parallel: this rank's part
+        if not len(idx):
+            return 0.0, zero_grads(model), 0, {}
         x, lengths, targets, target_lengths = self.train.batch(idx)
         logits, _, tape = model.forward(x, None, lengths, training=True, rng=rng)
         loss, dlogits = ctc_loss_logits(logits, targets, lengths, target_lengths, BLANK)
