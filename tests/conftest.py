@@ -109,3 +109,39 @@ def torch_twin(layer, x, h0=None, lengths=None, dy=None, dh_n=None):
     else:
         out.update(h_n=h_n.detach().numpy(), dh0=h0t.grad.numpy())
     return out
+
+
+# ---------------------------------------------------------------------- runs killed and resumed
+TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s", "tokens_per_s"}   # the clock's keys
+_KILLED = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+from bptt import trainer
+from bptt.cli import main
+{setup}
+updates = 0
+train_step = trainer.Trainer.train_step
+def killing_step(self):
+    global updates
+    updates += 1
+    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self)
+trainer.Trainer.train_step = killing_step
+sys.exit(main({argv!r}))
+"""
+
+
+def run_killed(argv, after, setup=""):
+    """``bptt argv`` in a child process that SIGKILL ends just before its update ``after + 1``
+    (counted over every model it trains); ``setup`` is code run first (a toy corpus)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = _KILLED.format(here=here, setup=setup, after=after, argv=[str(a) for a in argv])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr

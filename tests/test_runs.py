@@ -14,12 +14,12 @@ import pytest
 
 from bptt import checkpoint
 from bptt.cli import main as cli_main
+from conftest import TIMING
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
         "And by opposing end them. To die: to sleep;\n") * 40
-TIMING = {"elapsed_s", "steps_per_s", "window_s", "tokens_per_s", "epoch_s"}
 
 
 # ---------------------------------------------------------------------- the three trainer paths

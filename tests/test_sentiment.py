@@ -5,11 +5,7 @@ import dataclasses
 import gzip
 import importlib.util
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,6 +18,8 @@ from bptt.data import sentiment as sd
 from bptt.model import Model
 from bptt.supervised import SequenceData, pad_sequences
 from bptt.objectives import evaluate_bpc
+import conftest
+from conftest import TIMING
 
 
 @pytest.fixture(scope="module")
@@ -719,36 +717,13 @@ def test_rnn_is_within_two_points_of_the_baseline(documented_run):
 
 # --- --config, kill and --resume ------------------------------------------------------------------
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s"}
-KILLED = """
-import os, signal, sys
-sys.path.insert(0, {here!r})
-import pytest
-import test_sentiment
-from bptt import trainer
-from bptt.cli import main
-test_sentiment.use_toy_corpus(pytest.MonkeyPatch())
-updates = 0
-train_step = trainer.Trainer.train_step
-def killing_step(self):
-    global updates
-    updates += 1
-    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
-        os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self)
-trainer.Trainer.train_step = killing_step
-sys.exit(main({argv!r}))
-"""
+TOY = "import pytest, test_sentiment; test_sentiment.use_toy_corpus(pytest.MonkeyPatch())"
 
 
 def run_killed(argv, after):
     """``bptt argv`` on the toy corpus in a child process that SIGKILL ends just before its
     update ``after + 1`` (counted over every model it trains)."""
-    code = KILLED.format(here=HERE, after=after, argv=[str(a) for a in argv])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    conftest.run_killed(argv, after, setup=TOY)
 
 
 def test_cross_validation_config_file_and_a_killed_run_resumed(tmp_path, capsys, monkeypatch):

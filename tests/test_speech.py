@@ -2,11 +2,8 @@
 
 import importlib.util
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import wave
 
 import numpy as np
@@ -20,6 +17,7 @@ from bptt.data import speech
 from bptt.data.speech import (DigitRecipe, digit_features, load_japanese_vowels, mfcc_features,
                               read_ts, read_wav, synthesize_digits, trim_silence)
 from bptt.supervised import SequenceData
+from conftest import TIMING, run_killed
 
 needs_sktime = pytest.mark.skipif(importlib.util.find_spec("sktime") is None,
                                   reason=f"sktime's data files are not installed "
@@ -315,34 +313,6 @@ def test_digits_recognized_on_unseen_voices(tmp_path):
 
 
 # ---------------------------------------------------------------------- --config, kill and --resume
-HERE = os.path.dirname(os.path.abspath(__file__))
-TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s"}
-KILLED = """
-import os, signal, sys
-sys.path.insert(0, {here!r})
-from bptt import trainer
-from bptt.cli import main
-{setup}
-updates = 0
-train_step = trainer.Trainer.train_step
-def killing_step(self):
-    global updates
-    updates += 1
-    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
-        os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self)
-trainer.Trainer.train_step = killing_step
-sys.exit(main({argv!r}))
-"""
-
-
-def run_killed(argv, after, setup=""):
-    """``bptt argv`` in a child process that SIGKILL ends just before its update ``after + 1``
-    (counted over every model it trains)."""
-    code = KILLED.format(here=HERE, setup=setup, after=after, argv=[str(a) for a in argv])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
 def checkpoints(run_dir):

@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +10,7 @@ from bptt import checkpoint
 from bptt.apps import forecast
 from bptt.cli import main
 from bptt.data import timeseries as ts
+from conftest import TIMING, run_killed
 
 
 # --- the named series, read from the installed packages ----------------------------------------
@@ -329,31 +326,6 @@ def test_forecast_beats_seasonal_naive(series):
 
 # --- --config, kill and --resume ------------------------------------------------------------------
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TIMING = {"elapsed_s", "steps_per_s", "window_s", "epoch_s"}
-KILLED = """
-import os, signal, sys
-from bptt import trainer
-from bptt.cli import main
-updates = 0
-train_step = trainer.Trainer.train_step
-def killing_step(self):
-    global updates
-    updates += 1
-    if updates > {after}:        # SIGKILL, as from outside: nothing of the process runs after it
-        os.kill(os.getpid(), signal.SIGKILL)
-    return train_step(self)
-trainer.Trainer.train_step = killing_step
-sys.exit(main({argv!r}))
-"""
-
-
-def run_killed(argv, after):
-    """``bptt argv`` in a child process that SIGKILL ends just before its update ``after + 1``."""
-    code = KILLED.format(after=after, argv=[str(a) for a in argv])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
 def test_forecast_config_file_and_a_killed_run_resumed(tmp_path, capsys):
