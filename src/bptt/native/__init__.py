@@ -11,6 +11,9 @@ Threads: OpenMP's limit (``OMP_NUM_THREADS``, or ``threadpoolctl``), but one thr
 smaller than ``min_work`` multiply-adds (``BPTT_NATIVE_MIN_WORK``), where a barrier per step
 would cost more than it saves. The threads split a step's hidden units (one barrier per step)
 or, for small steps, its batch rows (no barrier at all); see ``set_split``.
+
+Determinism: the same inputs at the same thread counts (OpenMP's and NumPy's OpenBLAS's) give
+the same bits on every run; other thread counts may round differently.
 """
 
 import ctypes
@@ -38,7 +41,7 @@ def set_split(mode):
     no barrier), or ``"auto"`` (rows where each thread has at least two row blocks and the
     packed weights fit in its L2 cache, else units). Process-wide; ``BPTT_NATIVE_SPLIT`` sets it
     at import. The results are the same either way, up to the order of float additions in the
-    bias gradients."""
+    bias gradients; each way gives the same bits on every run at a given thread count."""
     if mode not in SPLITS:
         raise ValueError(f"bptt.native.set_split: expected one of {', '.join(SPLITS)}, got "
                          f"{mode!r}")
@@ -87,8 +90,9 @@ def call(name, dtype, *args):
 
 def _numpy_blas():
     """NumPy's own OpenBLAS (the scipy-openblas64 of NumPy's wheels): the addresses of its
-    cblas s/dgemm and of openblas_set_num_threads_local, or None where NumPy has another BLAS
-    (then the products go through NumPy)."""
+    cblas s/dgemm and of openblas_set_num_threads_local (which, in these pthreads builds, sets
+    the process's one thread count: ``gemms`` calls it from the calling thread alone), or None
+    where NumPy has another BLAS (then the products go through NumPy)."""
     folder = os.path.dirname(np.__file__) + ".libs"
     try:
         path = next(os.path.join(folder, f) for f in sorted(os.listdir(folder))
@@ -126,7 +130,10 @@ def _layout(a):
 
 def matmuls(pairs):
     """[a @ b for a, b in pairs], each product cut in row blocks that run together on this
-    backend's threads, one NumPy-BLAS call each (see ``gemms`` in ``_loops.cpp``)."""
+    backend's threads, one NumPy-BLAS call each, that BLAS held to one thread meanwhile (see
+    ``gemms`` in ``_loops.cpp``). The row blocks depend only on the thread count, and each is
+    written by one call whichever thread runs it: the same bits on every run with the same
+    OpenMP and OpenBLAS thread counts."""
     work = sum(a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
     dt = pairs[0][0].dtype
     layouts = [(_layout(a), _layout(b)) for a, b in pairs]

@@ -897,18 +897,44 @@ int rnn_backward(const R *W, const R *dy, const R *dh_n, const R *h, const R *ma
 
 // ---- the products outside the time loops ------------------------------------------------------
 
+// NumPy's OpenBLAS (the pthreads build of its wheels) has one thread count for the whole
+// process: there openblas_set_num_threads_local(n) sets that one count and returns the one
+// before (it is per thread only in OpenBLAS's OpenMP build, whose calls from inside a parallel
+// region run on one thread anyway). So the calling thread alone sets it to 1 before the tasks
+// and puts it back after them; of callers at once (Python threads, each in a backward) the
+// first sets it and the last puts it back. OpenBLAS's sgemm gives other bits on one thread
+// than on several for many shapes, so a count left changed would change the bits of the
+// NumPy products that follow (bench/native_notes.md, Determinism).
+class BlasOnOneThread {
+    typedef int (*set_t)(int);
+    static inline std::mutex m_;
+    static inline int users_ = 0, saved_ = 0;
+    set_t set_;
+
+  public:
+    explicit BlasOnOneThread(void *set_threads) : set_(reinterpret_cast<set_t>(set_threads)) {
+        std::lock_guard<std::mutex> lock(m_);
+        if (users_++ == 0) saved_ = set_(1);
+    }
+    ~BlasOnOneThread() {
+        std::lock_guard<std::mutex> lock(m_);
+        if (--users_ == 0) set_(saved_);
+    }
+    BlasOnOneThread(const BlasOnOneThread &) = delete;
+    BlasOnOneThread &operator=(const BlasOnOneThread &) = delete;
+};
+
 // Runs GEMM tasks (row blocks of the backward's dx and weight gradients) on this library's
 // OpenMP threads, each task one call of the caller's BLAS (NumPy's OpenBLAS, ILP64 cblas) with
-// that BLAS held to one thread for the calling thread. So no second thread pool spins on the
-// cores that the time loops use. d holds 8 longs a task (transA, transB, M, N, K, lda, ldb,
-// ldc), p 3 pointers (A, B, C); alpha 1, beta 0, row-major.
+// that BLAS held to one thread (BlasOnOneThread). So no second thread pool spins on the cores
+// that the time loops use. Each task writes its own rows of C, whichever thread runs it, so the
+// results do not depend on the schedule. d holds 8 longs a task (transA, transB, M, N, K, lda,
+// ldb, ldc), p 3 pointers (A, B, C); alpha 1, beta 0, row-major.
 template <class R>
-void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, void *const *p) {
+void gemms(void *gemm_fn, void *set_threads, int ntasks, const long *d, void *const *p) {
     typedef void (*gemm_t)(int, int, int, long, long, long, R, const R *, long, const R *, long,
                            R, R *, long);
-    typedef int (*local_t)(int);
     gemm_t gemm = reinterpret_cast<gemm_t>(gemm_fn);
-    local_t local = reinterpret_cast<local_t>(set_threads_local);
     enum { RowMajor = 101, NoTrans = 111, Trans = 112 };
     auto task = [&](int i) {
         const long *t = d + 8 * i;
@@ -919,13 +945,9 @@ void gemms(void *gemm_fn, void *set_threads_local, int ntasks, const long *d, vo
     int nt = threads_for(1, ntasks, 0);
 #ifdef _OPENMP
     if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        {
-            int saved = local(1);
-#pragma omp for schedule(dynamic, 1)
-            for (int i = 0; i < ntasks; i++) task(i);
-            local(saved);
-        }
+        BlasOnOneThread one(set_threads);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int i = 0; i < ntasks; i++) task(i);
         return;
     }
 #endif
@@ -1009,8 +1031,8 @@ void adam(R *p, const R *g, R *m, R *v, long n, int wd_mode, R wd, R decay, int 
                                B, H, mw);                                                       \
     }
 #define GEMMS(R, S)                                                                             \
-    EXPORT void gemms_##S(void *fn, void *local, int ntasks, const long *d, void *const *p) {   \
-        gemms<R>(fn, local, ntasks, d, p);                                                      \
+    EXPORT void gemms_##S(void *fn, void *set, int ntasks, const long *d, void *const *p) {     \
+        gemms<R>(fn, set, ntasks, d, p);                                                      \
     }
 #define ADAM(R, S)                                                                              \
     EXPORT void adam_##S(R *p, const R *g, R *m, R *v, long n, int wd_mode, R wd, R decay,      \
