@@ -45,7 +45,7 @@ SMALL = StringRecipe(accents=("en-us", "en-gb"), variants=("m3", "f2", "m1"), st
                      flite_voices=("kal", "slt"), flite_strings=2, stretches=(1.0,),
                      f0s=(0,))
 TINY = ["--data", "russian", "--limit", "6", "--hidden", "8", "--layers", "2", "--batch", "3",
-        "--beam", "2"]
+        "--beam", "2", "--warps", "1.2"]
 
 
 # ---------------------------------------------------------------------- the string recipe
@@ -217,13 +217,15 @@ def test_config_errors():
                           ({"cell": "tanh"}, "expected cell"),
                           ({"limit": 1}, "limit >= 2"), ({"hidden": 0}, "hidden"),
                           ({"dropout": 1.0}, "dropout"), ({"input": "embedding"}, "input"),
+                          ({"warps": (0.0,)}, "warps speed factors"),
                           ({"test_voices": ("flite/slt",), "valid_voices": ("flite/slt",)},
                            "both in test and validation")):
         with pytest.raises(ValueError, match=match):
             app.SpeechConfig(**kwargs)
     cfg = app.SpeechConfig(data="russian")
-    assert (cfg.hidden, cfg.layers) == (app.PER_DATA["russian"]["hidden"],
-                                        app.PER_DATA["russian"]["layers"])
+    for k, v in app.PER_DATA["russian"].items():
+        assert getattr(cfg, k) == v, k
+    assert app.SpeechConfig().warps == () and app.SpeechConfig(warps=[1, 1.5]).warps == (1.0, 1.5)
     assert app.SpeechConfig(hidden=7).hidden == 7
 
 
@@ -266,14 +268,15 @@ def test_ctc_objective_step_equals_torch_autograd(cell, backend):
 @needs_jiwer
 def test_a_few_steps_on_a_slice_of_festvox(tmp_path):
     cfg = app.SpeechConfig(data="russian", limit=5, hidden=8, layers=1, epochs=2, batch=2, beam=2)
+    assert cfg.warps == (1.1, 1.2)             # two speed-perturbed copies of each
     r = app.run(cfg, tmp_path / "run", cache=tmp_path / "cache", log=lambda s: None)
-    assert (r["train"], r["valid"], r["test"]) == (5, 5, 5) and r["steps"] == 2 * 3
+    assert (r["train"], r["valid"], r["test"]) == (15, 5, 5) and r["steps"] == 2 * 8
     s = r["scores"]["all"]
     assert set(s) == {"greedy", "beam"} and s["greedy"]["utterances"] == 5
     assert 0 < s["greedy"]["cer"] and s["greedy"]["words"] > 20
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["scores"] == r["scores"] and saved["data"]["split"] == [5, 5, 5]
-    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 1
+    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 3
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
     assert {"valid_cer", "valid_wer", "valid_loss"} <= set(json.loads(lines[-1]))
@@ -314,14 +317,15 @@ def test_train_transcribe_config_and_bad_input(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     toml = tmp_path / "speech.toml"
     toml.write_text('data = "russian"\nlimit = 6\nhidden = 8\nlayers = 9\nbatch = 3\n'
-                    'epochs = 1\nbeam = 2\n')
+                    'epochs = 1\nbeam = 2\nwarps = [1.1]\n')
     assert cli_main(["train", "speech", "--config", str(toml), "--layers", "1",
                      "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "festvox-ru" in out and "GRU 1x8" in out and "WER greedy" in out
     _, meta = checkpoint.load(run / "checkpoint.npz")
     assert meta["command"] == "train speech" and meta["app"]["config"]["layers"] == 1
-    assert meta["model"]["num_layers"] == 1 and meta["step"] == 2
+    assert meta["model"]["num_layers"] == 1 and meta["step"] == 12 // 3
+    assert meta["app"]["config"]["warps"] == [1.1]
     # transcribe a recording, the same resampled to 44.1 kHz, and draw the posteriors
     src = load_festvox_ru()[0]["wav"]
     sig, _ = speech.read_wav(src)
@@ -359,6 +363,9 @@ def test_train_transcribe_config_and_bad_input(tmp_path, capsys, monkeypatch):
         assert match in err and err.count("\n") == 1, err
     # --resume and a second run refuse, in one line each
     for argv, match in ((["--resume", run, "--hidden", 9], "--hidden 9 (the run has 8)"),
+                        (["--resume", run, "--warps", "1.2"], "--warps (1.2,) (the run has"),
+                        (["--warps", "fast", "--out", tmp_path / "w"], "--warps: expected"),
+                        (["--warps", "0,1", "--out", tmp_path / "w"], "expected warps"),
                         (["--resume", run, "--out", tmp_path / "x"], "stays in its own"),
                         (["--resume", tmp_path / "none"], "no checkpoint in"),
                         (["--resume", fit_run], "a run of `bptt fit`"),
@@ -410,7 +417,7 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, capsys, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     common = [*TINY, "--epochs", "3", "--checkpoint-every", "3", "--dropout", "0.3"]
     assert cli_main(["train", "speech", *common, "--out", str(a)]) == 0
-    assert checkpoint.load(a / "checkpoint.npz")[1]["step"] == 3 * 2
+    assert checkpoint.load(a / "checkpoint.npz")[1]["step"] == 3 * 4
     code = KILLED.format(after=5, argv=["train", "speech", *common, "--out", str(b)])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "BPTT_CACHE": str(tmp_path / "cache")})
@@ -422,7 +429,7 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, capsys, monkeypatch):
     assert "resuming" in capsys.readouterr().out
     arrays_a, meta_a = checkpoint.load(a / "checkpoint.npz")
     arrays_b, meta_b = checkpoint.load(b / "checkpoint.npz")
-    assert meta_b["finished"] and meta_b["step"] == meta_a["step"] == 6
+    assert meta_b["finished"] and meta_b["step"] == meta_a["step"] == 12
     assert set(arrays_a) == set(arrays_b) and any(k.startswith("best/") for k in arrays_a)
     for k in arrays_a:
         assert np.array_equal(arrays_a[k], arrays_b[k]), k
@@ -434,7 +441,7 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path, capsys, monkeypatch):
     assert results[0]["examples"] == results[1]["examples"]
     # a finished run resumed trains nothing more
     assert cli_main(["train", "speech", "--resume", str(b)]) == 0
-    assert checkpoint.load(b / "checkpoint.npz")[1]["step"] == 6
+    assert checkpoint.load(b / "checkpoint.npz")[1]["step"] == 12
 
 
 # ---------------------------------------------------------------------- the long runs

@@ -47,6 +47,8 @@ from ..checkpoint import load as load_checkpoint, write_text
 from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
                       positive_int, resume_options)
 from ..ctc import ctc_beam_search, ctc_greedy_decode, ctc_loss_logits
+from ..data.connected import RUSSIAN_ALPHABET
+from ..data.speech import DIGITS
 from ..model import CELLS, Model
 from ..objectives import SupervisedObjective, rank_share, zero_grads
 from ..supervised import pad_sequences
@@ -64,8 +66,10 @@ BLANK = 0
 RESUMABLE = {"epochs", "patience", "minutes", "checkpoint_every", "on_nonfinite", "beam"}
 # the options whose default depends on the data set
 PER_DATA = {
-    "digits": dict(hidden=96, layers=2, stack=3, epochs=30, batch=32, lr=2e-3, patience=6),
-    "russian": dict(hidden=128, layers=3, stack=4, epochs=40, batch=8, lr=1.5e-3, patience=8),
+    "digits": dict(hidden=96, layers=2, stack=3, dropout=0.2, epochs=30, batch=32, lr=2e-3,
+                   patience=6, warps=()),
+    "russian": dict(hidden=128, layers=3, stack=4, dropout=0.3, epochs=40, batch=8, lr=1.5e-3,
+                    patience=8, warps=(1.1, 1.2)),
 }
 
 
@@ -87,7 +91,8 @@ class SpeechConfig:
     input: str = option("identity", "the stacked frames go straight into the recurrence, or "
                         "through a linear layer of --proj units", choices=INPUTS)
     proj: int = option(128, "units of the linear input layer (with --input linear)")
-    dropout: float = option(0.2, "dropout between stacked layers")
+    dropout: float | None = option(None, "dropout between stacked layers",
+                                   shown=_shown("dropout"))
     stack: int | None = option(None, "10 ms frames stacked into one step", shown=_shown("stack"))
     epochs: int | None = option(None, "most epochs (early stopping may end sooner)",
                                 shown=_shown("epochs"))
@@ -109,7 +114,8 @@ class SpeechConfig:
     strings: int = option(24, "digit strings per espeak speaker", cli=False)
     flite_warps: tuple = option((1.1, 1.2, 1.3), "extra training copies of the flite voices, "
                                 "warped", cli=False)
-    warps: tuple = option((), "extra speed-perturbed training copies (russian)", cli=False)
+    warps: tuple | None = option(None, "speeds of extra training copies of every utterance "
+                                 "(speed perturbation)", cli=False)
     test_voices: tuple = option(TEST_VOICES, "voices held out for testing (digits)", cli=False)
     valid_voices: tuple = option(VALID_VOICES, "voices held out for validation (digits)",
                                  cli=False)
@@ -125,6 +131,11 @@ class SpeechConfig:
         for k in ("hidden", "layers", "stack", "batch", "proj", "beam", "strings"):
             positive_int(who, k, getattr(self, k))
         positive_int(who, "limit", self.limit, allow_none=True)
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < 10
+                   for w in self.warps):
+            raise ValueError(f"{who}: expected warps speed factors in (0, 10), got "
+                             f"{self.warps!r}")
+        self.warps = tuple(float(w) for w in self.warps)
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"{who}: expected dropout in [0, 1), got {self.dropout!r}")
         if self.limit is not None and self.limit < 2:
@@ -167,12 +178,10 @@ class Labels:
 
 
 def digit_labels():
-    from ..data.speech import DIGITS
     return Labels(DIGITS, " ")
 
 
 def russian_labels():
-    from ..data.connected import RUSSIAN_ALPHABET
     return Labels(RUSSIAN_ALPHABET, "")
 
 
@@ -265,6 +274,9 @@ def load_digits(cfg, recipe=None, cache=None, workers=2, progress=False):
     for warp in cfg.flite_warps if flite else ():   # the flite voices are few and all male
         train_feats += digit_features(folder, manifest, warp=warp, only=flite)
         train_ids += flite
+    for warp in cfg.warps:                          # speed perturbation of every voice
+        train_feats += digit_features(folder, manifest, warp=warp, only=idx[0])
+        train_ids += list(idx[0])
     mean, std = _standardize(train_feats)
 
     def data(ids, fs, what):
@@ -301,12 +313,12 @@ def load_russian(cfg, root=None, cache=None, progress=False):
     feats = festvox_features([utts[i] for i in used], cache, progress=progress, workers=2)
     labels = russian_labels()
     target = {int(i): labels.encode(utts[i]["transcript"]) for i in used}
-    train_ids = [int(i) for i in idx[0]]
-    train_feats = [feats[position[i]] for i in train_ids]
+    base = [int(i) for i in idx[0]]
+    train_ids, train_feats = list(base), [feats[position[i]] for i in base]
     for warp in cfg.warps:                     # speed perturbation (Ko et al. 2015)
-        train_feats += festvox_features([utts[i] for i in train_ids], cache, warp=warp,
+        train_feats += festvox_features([utts[i] for i in base], cache, warp=warp,
                                         progress=progress, workers=2)
-        train_ids += [int(i) for i in idx[0]]
+        train_ids += base
     mean, std = _standardize(train_feats)
 
     def data(ids, fs, what):
@@ -654,6 +666,9 @@ def add_parser(apps):
                         "digit strings (unseen voices) or recorded Russian",
                         description=__doc__.split("\n\n")[0])
     add_options(p, SpeechConfig)
+    p.add_argument("--warps", metavar="LIST", help="comma-separated speeds of extra training "
+                   "copies of every training utterance, speed perturbation as Ko et al. 2015 "
+                   "(default 1.1,1.2 for russian, none for digits; '' for none)")
     p.add_argument("--cache", metavar="DIR", help="folder of synthesized audio (digits) or of "
                    "features (russian) (default under $BPTT_CACHE or ~/.cache/bptt)")
     p.add_argument("--workers", type=int, help="parallel synthesis processes (default 2)")
@@ -680,13 +695,15 @@ def add_transcribe_parser(sub):
     return p
 
 
-EXTRA = ("cache", "workers", "out")
+EXTRA = ("warps", "cache", "workers", "out")
 
 
 def main(args):
     options, table = merge(SpeechConfig, args, extra=EXTRA)
     extra = {k: getattr(args, k) if getattr(args, k) is not None else table.get(k)
              for k in EXTRA}
+    if extra["warps"] is not None:
+        options["warps"] = _warps(extra["warps"])
     if args.resume:
         saved = saved_app(args.resume, extra["out"])["config"]
         saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON's
@@ -714,6 +731,20 @@ def main(args):
     print(format_report(cfg, r))
     print(f"run saved in {out}/; transcribe WAV files with: bptt transcribe {out} FILE.wav")
     return r
+
+
+def _warps(value):
+    """Speed factors as a tuple, from a comma-separated string (the command line; empty: none)
+    or a list of numbers (TOML)."""
+    try:
+        if isinstance(value, str):
+            return tuple(float(v) for v in value.split(",") if v.strip())
+        if isinstance(value, list) and not any(isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value)
+    except ValueError:
+        pass
+    raise ConfigError(f"--warps: expected comma-separated speed factors such as 0.9,1.1 (or "
+                      f"an empty string for none), got {value!r}")
 
 
 def saved_app(run_dir, out=None):
