@@ -462,5 +462,5 @@ def test_connected_digits_on_unseen_voices(tmp_path):
 def test_russian_beats_the_small_baseline(tmp_path):
     full = app.run(app.SpeechConfig(data="russian"), tmp_path / "full")
     small = app.run(dataclasses.replace(app.SpeechConfig(data="russian"), layers=1,
-                                        bidirectional=False), tmp_path / "small")
+                                        bidirectional=False, warps=()), tmp_path / "small")
     assert full["scores"]["all"]["greedy"]["cer"] < small["scores"]["all"]["greedy"]["cer"]
