@@ -44,7 +44,7 @@ class RecurrentLayer:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, init="default",
-                 forget_bias=None, backend="numpy"):
+                 forget_bias=None, backend="auto"):
         name = type(self).__name__
         for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
                            ("num_layers", num_layers)):
@@ -391,7 +391,7 @@ class RecurrentLayer:
 
 
 BACKENDS = ("auto", "numpy", "native")
-DEFAULT_BACKEND = "numpy"   # what the applications' configurations use unless told otherwise
+DEFAULT_BACKEND = "auto"    # the fastest built path: the layers' and every application's default
 BACKEND_HELP = ("the cells' time loops: numpy (the reference), native (C++, built at install) "
                 "or auto (native where built, numpy otherwise)")
 

@@ -87,7 +87,7 @@ class Seq2Seq:
                  encoder_hidden_size=None, cell="lstm", encoder_layers=1, decoder_layers=1,
                  bidirectional=True, attention="general", attention_size=None,
                  input_feeding=False, bridge=True, dropout=0.0, bos=1, eos=2,
-                 dtype=np.float32, seed=None, backend="numpy"):
+                 dtype=np.float32, seed=None, backend="auto"):
         if cell not in CELLS:
             raise ValueError(f"Seq2Seq: expected cell one of {', '.join(CELLS)}, got {cell!r}")
         if attention not in SCORES:

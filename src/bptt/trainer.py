@@ -449,6 +449,7 @@ class Trainer:
             "skipped": self.skipped, "history": self.history, "data": data_meta,
             "finished": self.finished, "stop_reason": self.stop_reason,
             "window": self._window.state_dict(),
+            "backend": resolved_backend(self.model),
         }
         if ranks is not None:
             meta["ranks"] = ranks
@@ -511,6 +512,15 @@ def readable(where):
         what = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise checkpoint.CheckpointError(f"{where}: the checkpoint's metadata is incomplete or "
                                          f"was edited ({what}); nothing was changed") from None
+
+
+def resolved_backend(model):
+    """The time loops a model's layers run on ('numpy' or 'native'), whatever it was asked."""
+    for part in ("rnn", "encoder"):
+        layer = getattr(model, part, None)
+        if layer is not None and hasattr(layer, "backend"):
+            return layer.backend
+    return None
 
 
 def check_run(meta, command, where):

@@ -421,7 +421,7 @@ def token_stream(token_lists, vocab):
 
 
 def train_lm(ids, vocab_size, embeddings, epochs, *, hidden=64, cell="lstm", seed=0,
-             backend="numpy"):
+             backend="auto"):
     """A one-layer word-level language model ``Model(V, hidden, V, head='step')`` trained on the
     id stream ``ids`` (N,) for ``epochs`` passes by the trainer with a ``StreamObjective``
     (TBPTT with k1 = k2 = ``LM['k1']``, in ``LM['batch']`` parallel streams; the state is carried

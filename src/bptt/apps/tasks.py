@@ -244,7 +244,8 @@ def run_command(cfg, out, *, resume=False, quiet=False, log=print):
     task = run.task
     clip = "off" if cfg.clip is None else f"{cfg.clip:g}"
     log(f"{cfg.task} T={cfg.length} ({task.steps} steps): {cfg.cell} {cfg.layers}x{cfg.hidden}, "
-        f"batch {cfg.batch}, {cfg.optimizer} lr {cfg.lr:g}, clip {clip}; baseline loss "
+        f"batch {cfg.batch}, {cfg.optimizer} lr {cfg.lr:g}, clip {clip}, backend "
+        f"{run.model.rnn.backend}; baseline loss "
         f"{task.baseline:.4g}, solved under {task.threshold:.4g}")
     t0 = time.perf_counter()
     reason = run.run()
