@@ -535,6 +535,33 @@ def check_run(meta, command, where):
             f"{where}: a run of `bptt {meta.get('command')}`, not of `bptt {command}`")
 
 
+def run_checkpoints(run_dir):
+    """The checkpoints in ``run_dir`` and the model folders below it (an ensemble's members, a
+    cross-validation's folds), in order."""
+    import glob
+    return sorted(glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), "**",
+                                         "checkpoint.npz"), recursive=True))
+
+
+def stored_app(run_dir, command, name=None, out=None):
+    """What a run of ``command`` (an application ``name`` of it) stored of itself in its
+    checkpoints: ``meta["app"]``, for ``--resume``. ``out``, where given, must be ``run_dir``."""
+    from .config import ConfigError, absolute
+    if out is not None and absolute(out) != absolute(run_dir):
+        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
+                          f"--out (or give the same path)")
+    paths = run_checkpoints(run_dir)
+    if not paths:
+        raise ConfigError(f"--resume: no checkpoint in {run_dir}")
+    _, meta = load_run(os.path.dirname(paths[0]), command)
+    with readable(paths[0]):
+        app = meta["app"]
+        app["config"]
+    if name is not None and app.get("name") != name:
+        raise ConfigError(f"--resume: {paths[0]} is not a run of `bptt train {name}`")
+    return app
+
+
 def load_run(run_dir, command=None, *, best=True):
     """``(arrays of the model's parameters, meta)`` of a run directory: the best evaluation's
     parameters where the run kept them (``best``), else the last ones."""

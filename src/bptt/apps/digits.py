@@ -29,14 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import write_text
-from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
+from ..config import (ConfigError, add_options, check_choice, merge, option,
                       resume_options)
 from ..data.speech import DIGITS, digit_features, synthesize_digits
 from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, POOLED, Model
 from ..supervised import (FitConfig, SequenceData, confusion_matrix, fit, pad_sequences,
                           predict)
-from ..trainer import NONFINITE, load_run
+from ..trainer import NONFINITE, stored_app
 
 NAME = "digits"
 DEFAULT_OUT = "runs/digits"
@@ -265,7 +265,7 @@ def main(args):
         if extra[k] is not None:
             options[k] = _voices(k, extra[k])
     if args.resume:
-        saved = saved_app(args.resume, extra["out"])["config"]
+        saved = stored_app(args.resume, "fit", NAME, extra["out"])["config"]
         saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON's
         cfg = DigitsConfig(**resume_options(saved, options, RESUMABLE))
         out = args.resume
@@ -303,13 +303,3 @@ def _voices(name, value):
                       f"voices, got {value!r}")
 
 
-def saved_app(run_dir, out=None):
-    """What a run of this command stored of itself (its configuration) in its checkpoint;
-    ``out``, where given, must be ``run_dir``."""
-    if out is not None and absolute(out) != absolute(run_dir):
-        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
-                          f"--out (or give the same path)")
-    _, meta = load_run(run_dir, "fit")
-    if (meta.get("app") or {}).get("name") != NAME:
-        raise ConfigError(f"--resume: {run_dir} is not a run of `bptt train {NAME}`")
-    return meta["app"]

@@ -59,7 +59,6 @@ finished member is read back, an unfinished one continues, a missing one starts 
 
 import argparse
 import dataclasses
-import glob
 import importlib.util
 import json
 import os
@@ -71,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import write_text
-from ..config import ConfigError, absolute, add_options, merge, option, resume_options
+from ..config import ConfigError, add_options, merge, option, resume_options
 from ..data import sentiment as sd
 from ..data.text import CharStream
 from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
@@ -79,7 +78,7 @@ from ..model import CELLS, POOLED, Model
 from ..optim import OPTIMIZERS
 from ..supervised import SCHEDULES, FitConfig, SequenceData, fit, pad_sequences, predict
 from ..objectives import StreamObjective, evaluate_bpc
-from ..trainer import NONFINITE, LoopConfig, Trainer, load_run
+from ..trainer import NONFINITE, LoopConfig, Trainer, run_checkpoints, stored_app
 
 NAME = "sentiment"
 DEFAULT_OUT = "runs/sentiment"
@@ -746,7 +745,7 @@ def cli_run(args):
                               f"[1, 3], got {value!r}")
     out = args.out if args.out is not None else table.get("out")
     if args.resume:
-        cfg = SentimentConfig(**resume_options(saved_app(args.resume, out)["config"], options,
+        cfg = SentimentConfig(**resume_options(stored_app(args.resume, "fit", NAME, out)["config"], options,
                                                RESUMABLE))
         out = args.resume
     else:
@@ -769,37 +768,16 @@ def cli_run(args):
     return report
 
 
-def _checkpoints(run_dir):
-    """The checkpoints in ``run_dir`` and its member (and fold) folders, in order."""
-    if run_dir is None:
-        return []
-    return sorted(glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), "**",
-                                         "checkpoint.npz"), recursive=True))
-
-
 def _started(cfg, out, folds):
     """The first folder that a run of ``cfg`` into ``out`` would train into and that holds a
     checkpoint already (folds done before are read back, not trained), or None."""
     if not cfg.folds:
-        started = _checkpoints(out)
+        started = run_checkpoints(out)
     else:
         todo = range(cfg.folds) if folds is None else folds
         dirs = [os.path.join(out, f"fold{j}") for j in todo]
         started = [p for j, d in zip(todo, dirs) if fold_done(cfg, d, j) is None
-                   for p in _checkpoints(d)]
+                   for p in run_checkpoints(d)]
     return os.path.dirname(started[0]) if started else None
 
 
-def saved_app(run_dir, out=None):
-    """What a run of this command stored of itself (its configuration) in its members'
-    checkpoints; ``out``, where given, must be ``run_dir``."""
-    if out is not None and absolute(out) != absolute(run_dir):
-        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
-                          f"--out (or give the same path)")
-    paths = _checkpoints(run_dir)
-    if not paths:
-        raise ConfigError(f"--resume: no checkpoint in {run_dir}")
-    _, meta = load_run(os.path.dirname(paths[0]), "fit")
-    if (meta.get("app") or {}).get("name") != NAME:
-        raise ConfigError(f"--resume: {paths[0]} is not a run of `bptt train {NAME}`")
-    return meta["app"]

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import load as load_checkpoint, write_text
-from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
+from ..config import (ConfigError, add_options, check_choice, merge, option,
                       positive_int, resume_options)
 from ..ctc import ctc_beam_search, ctc_greedy_decode, ctc_loss_logits
 from ..data.connected import RUSSIAN_ALPHABET
@@ -52,7 +52,7 @@ from ..data.speech import DIGITS
 from ..model import CELLS, Model
 from ..objectives import SupervisedObjective, rank_share, zero_grads
 from ..supervised import pad_sequences
-from ..trainer import NONFINITE, LoopConfig, Trainer, load_run, readable
+from ..trainer import NONFINITE, LoopConfig, Trainer, load_run, readable, stored_app
 from .digits import TEST_VOICES, VALID_VOICES, split_by_voice, stack_frames
 
 NAME = "speech"
@@ -705,7 +705,7 @@ def main(args):
     if extra["warps"] is not None:
         options["warps"] = _warps(extra["warps"])
     if args.resume:
-        saved = saved_app(args.resume, extra["out"])["config"]
+        saved = stored_app(args.resume, COMMAND, None, extra["out"])["config"]
         saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON's
         cfg = SpeechConfig(**resume_options(saved, options, RESUMABLE))
         out = args.resume
@@ -745,21 +745,6 @@ def _warps(value):
         pass
     raise ConfigError(f"--warps: expected comma-separated speed factors such as 0.9,1.1 (or "
                       f"an empty string for none), got {value!r}")
-
-
-def saved_app(run_dir, out=None):
-    """What a run of this command stored of itself in its checkpoint; ``out``, where given,
-    must be ``run_dir``."""
-    if out is not None and absolute(out) != absolute(run_dir):
-        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
-                          f"--out (or give the same path)")
-    where = os.path.join(os.fspath(run_dir), "checkpoint.npz")
-    if not os.path.exists(where):
-        raise ConfigError(f"--resume: no checkpoint in {run_dir}")
-    _, meta = load_run(run_dir, COMMAND)
-    with readable(where):
-        meta["app"]["config"]
-    return meta["app"]
 
 
 def transcribe_main(args):

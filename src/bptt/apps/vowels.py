@@ -18,7 +18,6 @@ a finished one is read back, an unfinished one continues, a missing one starts).
 """
 
 import dataclasses
-import glob
 import json
 import os
 import time
@@ -27,13 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checkpoint import write_text
-from ..config import (ConfigError, absolute, add_options, check_choice, merge, option,
+from ..config import (ConfigError, add_options, check_choice, merge, option,
                       resume_options)
 from ..data.speech import VOWEL_SPEAKERS, load_japanese_vowels
 from ..layers import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, check_backend
 from ..model import CELLS, POOLED, Model
 from ..supervised import FitConfig, SequenceData, accuracy, fit, pad_sequences, predict
-from ..trainer import NONFINITE, load_run
+from ..trainer import NONFINITE, run_checkpoints, stored_app
 
 NAME = "vowels"
 DEFAULT_OUT = "runs/vowels"
@@ -182,7 +181,7 @@ def main(args):
         raise ConfigError(f"--config: baseline should be bool, got {baseline!r}")
     out = args.out if args.out is not None else table.get("out")
     if args.resume:
-        app = saved_app(args.resume, out)
+        app = stored_app(args.resume, "fit", NAME, out)
         base = VowelsConfig(**resume_options(app["config"], options, RESUMABLE))
         if seeds is not None and seeds != app["seeds"]:
             raise ConfigError(f"--seeds: the run in {args.resume} trains {app['seeds']} "
@@ -191,7 +190,7 @@ def main(args):
     else:
         base = VowelsConfig(**options)
         seeds, out = seeds or 1, out or DEFAULT_OUT
-        if _checkpoints(out):
+        if run_checkpoints(out):
             raise ConfigError(f"{out} already holds a run; continue it with --resume {out} or "
                               f"choose another --out")
     app = {"name": NAME, "config": dataclasses.asdict(base), "seeds": seeds}
@@ -221,27 +220,6 @@ def main(args):
               f"({time.perf_counter() - t0:.0f}s)")
     print(f"runs saved in {out}/")
     return results
-
-
-def _checkpoints(run_dir):
-    """The checkpoints in ``run_dir`` and its model folders, in order."""
-    return sorted(glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), "**",
-                                         "checkpoint.npz"), recursive=True))
-
-
-def saved_app(run_dir, out=None):
-    """What a run of this command stored of itself (configuration, seeds) in its checkpoints;
-    ``out``, where given, must be ``run_dir``."""
-    if out is not None and absolute(out) != absolute(run_dir):
-        raise ConfigError(f"--out: a resumed run stays in its own directory {run_dir}; drop "
-                          f"--out (or give the same path)")
-    paths = _checkpoints(run_dir)
-    if not paths:
-        raise ConfigError(f"--resume: no checkpoint in {run_dir}")
-    _, meta = load_run(os.path.dirname(paths[0]), "fit")
-    if (meta.get("app") or {}).get("name") != NAME:
-        raise ConfigError(f"--resume: {paths[0]} is not a run of `bptt train {NAME}`")
-    return meta["app"]
 
 
 def _joined(a, b):
