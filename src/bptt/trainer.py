@@ -248,7 +248,6 @@ class Trainer:
     def run(self):
         """Train until a budget is spent, early stopping or the objective stops it; return
         why. The model ends holding the best evaluation's parameters with ``keep_best``."""
-        loop = self.loop
         comm = self.comm
         if comm is not None:                # every rank from rank 0's parameters
             comm.broadcast_params(self.model.params)
@@ -261,6 +260,11 @@ class Trainer:
                 first = comm.broadcast_object(first)
             if first:
                 self.save()                                 # a kill before any update resumes
+        with _blas_for(self.model):
+            return self._run()
+
+    def _run(self):
+        loop, comm = self.loop, self.comm
         bar = self._progress_bar()
         last_epoch = self.objective.epoch
         reason = self.stop_reason if self.finished else None
@@ -512,6 +516,15 @@ def readable(where):
         what = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise checkpoint.CheckpointError(f"{where}: the checkpoint's metadata is incomplete or "
                                          f"was edited ({what}); nothing was changed") from None
+
+
+def _blas_for(model):
+    """On the native backend, NumPy's BLAS on one thread while the run trains (see
+    ``bptt.native.one_blas_thread``); nothing to do on NumPy's."""
+    if resolved_backend(model) == "native":
+        from .native import one_blas_thread
+        return one_blas_thread()
+    return contextlib.nullcontext()
 
 
 def resolved_backend(model):

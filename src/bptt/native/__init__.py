@@ -16,6 +16,7 @@ Determinism: the same inputs at the same thread counts (OpenMP's and NumPy's Ope
 the same bits on every run; other thread counts may round differently.
 """
 
+import contextlib
 import ctypes
 import importlib.util
 import math
@@ -108,6 +109,24 @@ def _numpy_blas():
 
 
 _BLAS = None if os.environ.get("BPTT_NATIVE_NUMPY_PRODUCTS") else _numpy_blas()
+_BLAS_THREADS = None if _BLAS is None else ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(_BLAS[1])
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """NumPy's OpenBLAS held to one thread (its count is process-wide) for the block, and put
+    back after: a training run on this backend keeps its NumPy products (the head's, the
+    embedding's) off the cores the time loops' OpenMP threads work on. A second OpenBLAS thread
+    spins between calls and slows the next time loop, by 4x on a busy 2-core host; and a fixed
+    count keeps the products' rounding, and so the run's bits, the same."""
+    if _BLAS_THREADS is None:
+        yield
+        return
+    before = _BLAS_THREADS(1)
+    try:
+        yield
+    finally:
+        _BLAS_THREADS(before)
 _SMALL_PRODUCTS = 1 << 20  # multiply-adds: below, one NumPy call each costs less than threads
 for _suffix, _dt in (("f32", np.float32), ("f64", np.float64)):
     _f = getattr(_lib, f"gemms_{_suffix}")
